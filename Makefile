@@ -1,0 +1,24 @@
+# The two Quickstart commands: `make demo` (main job) and `make test`; both install what they need.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# A CPU wheel of torch is pinned here so a fresh machine does not pull CUDA packages; the package
+# itself only asks for torch>=2.3, so users elsewhere keep their own build.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: install demo test lint bench
+
+install:
+	$(PIP) install --quiet $(TORCH_PIN)
+	$(PIP) install --quiet -e ".[test]"
+
+demo: install
+	optkit fit --example digits
+
+test: install
+	$(PYTHON) -m pytest -q
+
+lint:
+	ruff check lightning_optkit tests examples benchmarks
+
+bench: install
+	$(PYTHON) benchmarks/bench_schedules.py

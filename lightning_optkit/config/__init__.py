@@ -1,0 +1,39 @@
+"""Configuration: schema, durations, YAML loading, dotted overrides and ConfigError.
+
+This layer imports no torch models; the optimizer, schedule and loss packages register their own
+checks with :func:`register_validator` so a misspelt name fails at load time.
+"""
+
+from ._durations import Duration, TrainingLength, parse_duration
+from ._errors import ConfigError, did_you_mean
+from ._loading import apply_overrides, load_config, parse_override, read_yaml
+from ._schema import (
+    LossConfig,
+    OptimBlock,
+    OptimConfig,
+    OptimizerConfig,
+    ParamGroupRule,
+    SchedulerConfig,
+    register_validator,
+    validate,
+)
+
+__all__ = [
+    "ConfigError",
+    "Duration",
+    "LossConfig",
+    "OptimBlock",
+    "OptimConfig",
+    "OptimizerConfig",
+    "ParamGroupRule",
+    "SchedulerConfig",
+    "TrainingLength",
+    "apply_overrides",
+    "did_you_mean",
+    "load_config",
+    "parse_duration",
+    "parse_override",
+    "read_yaml",
+    "register_validator",
+    "validate",
+]

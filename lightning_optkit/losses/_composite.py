@@ -1,0 +1,268 @@
+"""Losses made of other losses: a fixed weighted sum, and learned uncertainty weighting.
+
+Both keep the last value of every part in ``last_parts`` (label -> detached 0-d tensor) so a
+LightningModule can log them at its own interval; nothing here calls ``.item()`` (no host sync).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["UncertaintyWeightedLoss", "WeightedSumLoss"]
+
+
+def _default_label(module: nn.Module) -> str:
+    name = type(module).__name__
+    name = name[:-4] if name.endswith("Loss") and len(name) > 4 else name
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def _split_parts(
+    losses: Sequence[nn.Module] | Mapping[str, nn.Module] | None, labels: Sequence[str | None] | None
+) -> tuple[list[nn.Module], list[str | None]]:
+    if losses is None:
+        return [], list(labels or [])
+    if isinstance(losses, Mapping):
+        if labels is not None:
+            raise ValueError("labels: give labels either as the keys of a mapping of losses or as a list, not both")
+        return list(losses.values()), [str(k) for k in losses]
+    modules = list(losses)
+    for i, m in enumerate(modules):
+        if not isinstance(m, nn.Module):
+            raise ValueError(f"losses: entry {i} is {type(m).__name__}, expected an nn.Module (use build_loss "
+                             "for configs)")
+    if labels is None:
+        return modules, [None] * len(modules)
+    labels = list(labels)
+    if len(labels) != len(modules):
+        raise ValueError(f"labels: expected {len(modules)} labels (one per loss), got {len(labels)}")
+    return modules, labels
+
+
+def _unique(labels: Sequence[str | None], modules: Sequence[nn.Module]) -> list[str]:
+    out: list[str] = []
+    for i, label in enumerate(labels):
+        base = label if label else (_default_label(modules[i]) if i < len(modules) else f"task{i}")
+        candidate, n = base, 1
+        while candidate in out:
+            candidate, n = f"{base}_{n}", n + 1
+        out.append(candidate)
+    return out
+
+
+class WeightedSumLoss(nn.Module):
+    """``total = sum_i coef_i * loss_i(*args)``: several losses of the same ``(input, target)``.
+
+    In a config each entry of ``losses`` is an ordinary loss config plus two reserved keys:
+    ``coef`` (the mixing weight, default 1.0) and ``label`` (the name under which its value is kept,
+    default the loss name, made unique). ``weight`` keeps its torch meaning (class weights), so
+    cross entropy with class weights inside a sum reads ``{name: cross_entropy, weight: [1, 2],
+    coef: 0.5}``::
+
+        loss:
+          name: weighted_sum
+          losses:
+            - {name: cross_entropy, label_smoothing: 0.1}          # coef 1.0
+            - {name: dice, coef: 0.5, label: seg_dice}
+
+    After each call ``last_parts`` maps label -> the part's (unweighted) value, detached.
+
+    Args:
+        losses: the part modules, or a mapping label -> module.
+        coefs: one mixing weight per part (default all 1.0).
+        labels: one label per part (``None`` entries get a default from the class name).
+
+    Example:
+        >>> import torch
+        >>> loss = WeightedSumLoss([torch.nn.MSELoss(), torch.nn.L1Loss()], coefs=[1.0, 0.5])
+        >>> x, y = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0])
+        >>> float(loss(x, y)), sorted(loss.last_parts)
+        (3.25, ['l1', 'mse'])
+    """
+
+    def __init__(
+        self,
+        losses: Sequence[nn.Module] | Mapping[str, nn.Module],
+        coefs: Sequence[float] | None = None,
+        labels: Sequence[str | None] | None = None,
+    ) -> None:
+        super().__init__()
+        modules, raw_labels = _split_parts(losses, labels)
+        if not modules:
+            raise ValueError("losses: expected at least one loss")
+        coefs = [1.0] * len(modules) if coefs is None else list(coefs)
+        if len(coefs) != len(modules):
+            raise ValueError(f"coefs: expected {len(modules)} mixing weights (one per loss), got {len(coefs)}")
+        for c in coefs:
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
+                raise ValueError(f"coefs: expected finite numbers, got {c!r}")
+        self.parts = nn.ModuleList(modules)
+        self.coefs: list[float] = [float(c) for c in coefs]
+        self.labels: list[str] = _unique(raw_labels, modules)
+        self.last_parts: dict[str, Tensor] = {}
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        """Call every part with the same arguments and return the weighted total."""
+        total: Tensor | None = None
+        last: dict[str, Tensor] = {}
+        for label, coef, part in zip(self.labels, self.coefs, self.parts):
+            value = part(*args, **kwargs)
+            last[label] = value.detach()
+            term = value if coef == 1.0 else coef * value
+            total = term if total is None else total + term
+        self.last_parts = last
+        assert total is not None
+        return total
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{lab}*{c:g}" for lab, c in zip(self.labels, self.coefs))
+
+
+_TASK_SCALES = {None: (1.0, 1.0), "regression": (0.5, 0.5), "classification": (1.0, 0.5)}
+
+
+class UncertaintyWeightedLoss(nn.Module):
+    """Multi-task loss weighted by learned homoscedastic uncertainty (Kendall, Gal & Cipolla, CVPR 2018).
+
+    One learnable ``s_i = log(sigma_i ** 2)`` per task (``log_vars``, an ``nn.Parameter``, so as a
+    submodule of the LightningModule it joins the optimizer by itself; being 1-d it is also left out
+    of weight decay by ``no_weight_decay: auto``). The total is::
+
+        total = sum_i  a_i * exp(-s_i) * L_i  +  b_i * s_i
+
+    Convention: by default (task kind ``None``) ``a_i = b_i = 1``, i.e. ``exp(-s) L + s``, the form
+    most implementations use; it is twice the paper's regression term, which only rescales the total.
+    Per task you may ask for the paper's exact terms with ``tasks``: ``"regression"`` gives
+    ``0.5 exp(-s) L + 0.5 s`` (Gaussian likelihood, ``L/(2 sigma^2) + log sigma``) and
+    ``"classification"`` gives ``exp(-s) L + 0.5 s`` (softmax with temperature,
+    ``L/sigma^2 + log sigma``). ``s`` starts at ``init_log_var`` (0: every weight 1).
+
+    ``forward`` takes one item per task, as a list (in task order), a mapping label -> item, or a
+    1-d tensor of precomputed losses. An item is either a precomputed 0-d loss tensor or an
+    ``(input, target)`` pair (or longer tuple) passed to that task's loss module.
+
+    Config shape (entries of ``losses`` take the reserved key ``label``; ``tasks`` sits beside them)::
+
+        loss:
+          name: uncertainty_weighted
+          losses: [{name: cross_entropy}, {name: mse, label: depth}]
+          tasks: [classification, regression]      # optional
+        # or, for losses you compute yourself:
+        loss: {name: uncertainty_weighted, num_tasks: 3}
+
+    Args:
+        losses: one loss module per task, a mapping label -> module, or ``None`` (precomputed losses).
+        num_tasks: number of tasks when ``losses`` is ``None`` (must match otherwise).
+        labels: task labels for ``last_parts`` (defaults from the loss names, or ``task0``...).
+        tasks: per task ``None``, ``"regression"`` or ``"classification"`` (see above).
+        init_log_var: initial value of every ``s_i``.
+
+    Example:
+        >>> import torch
+        >>> mtl = UncertaintyWeightedLoss([torch.nn.CrossEntropyLoss(), torch.nn.MSELoss()])
+        >>> logits, cls = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+        >>> pred, depth = torch.randn(4), torch.randn(4)
+        >>> total = mtl([(logits, cls), (pred, depth)])
+        >>> total.backward()
+        >>> mtl.log_vars.grad.shape, sorted(mtl.last_parts)
+        (torch.Size([2]), ['cross_entropy', 'mse'])
+    """
+
+    scale_loss: Tensor
+    scale_reg: Tensor
+
+    def __init__(
+        self,
+        losses: Sequence[nn.Module] | Mapping[str, nn.Module] | None = None,
+        num_tasks: int | None = None,
+        labels: Sequence[str | None] | None = None,
+        tasks: Sequence[str | None] | None = None,
+        init_log_var: float = 0.0,
+    ) -> None:
+        super().__init__()
+        modules, raw_labels = _split_parts(losses, labels if losses is not None else None)
+        if num_tasks is not None and (isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1):
+            raise ValueError(f"num_tasks: expected a positive integer, got {num_tasks!r}")
+        if modules:
+            if num_tasks is not None and num_tasks != len(modules):
+                raise ValueError(f"num_tasks: got {num_tasks} but {len(modules)} losses are listed")
+            count = len(modules)
+        elif num_tasks is not None:
+            count = num_tasks
+            raw_labels = list(labels) if labels is not None else [None] * count
+            if len(raw_labels) != count:
+                raise ValueError(f"labels: expected {count} labels (one per task), got {len(raw_labels)}")
+        else:
+            raise ValueError("losses: expected a list of losses, or set num_tasks for precomputed per-task losses")
+        kinds = [None] * count if tasks is None else list(tasks)
+        if len(kinds) != count or any(k not in _TASK_SCALES for k in kinds):
+            raise ValueError(f"tasks: expected {count} entries, each null, 'regression' or 'classification', "
+                             f"got {tasks!r}")
+        if isinstance(init_log_var, bool) or not isinstance(init_log_var, (int, float)) or not math.isfinite(
+            init_log_var
+        ):
+            raise ValueError(f"init_log_var: expected a finite number, got {init_log_var!r}")
+        self.parts = nn.ModuleList(modules)
+        self.labels: list[str] = _unique(raw_labels, modules)
+        self.tasks: list[str | None] = kinds
+        self.log_vars = nn.Parameter(torch.full((count,), float(init_log_var)))
+        dtype = torch.get_default_dtype()
+        self.register_buffer("scale_loss", torch.tensor([_TASK_SCALES[k][0] for k in kinds], dtype=dtype),
+                             persistent=False)
+        self.register_buffer("scale_reg", torch.tensor([_TASK_SCALES[k][1] for k in kinds], dtype=dtype),
+                             persistent=False)
+        self.last_parts: dict[str, Tensor] = {}
+
+    @property
+    def num_tasks(self) -> int:
+        """Number of tasks."""
+        return self.log_vars.numel()
+
+    @property
+    def weights(self) -> Tensor:
+        """The current effective weight ``a_i * exp(-s_i)`` of each task loss (detached)."""
+        return (self.scale_loss * torch.exp(-self.log_vars)).detach()
+
+    def _task_losses(self, items: Any) -> Tensor:
+        if isinstance(items, Tensor):
+            if items.ndim != 1 or items.shape[0] != self.num_tasks:
+                raise ValueError(f"expected a 1-d tensor of {self.num_tasks} task losses, got shape "
+                                 f"{tuple(items.shape)}")
+            return items.to(self.log_vars.dtype)
+        if isinstance(items, Mapping):
+            missing = [lab for lab in self.labels if lab not in items]
+            if missing:
+                raise ValueError(f"missing task(s) {missing}; the tasks are {self.labels}")
+            items = [items[lab] for lab in self.labels]
+        items = list(items)
+        if len(items) != self.num_tasks:
+            raise ValueError(f"expected {self.num_tasks} task items ({', '.join(self.labels)}), got {len(items)}")
+        values = []
+        for i, item in enumerate(items):
+            if isinstance(item, Tensor):
+                value = item
+            elif len(self.parts) == 0:
+                raise ValueError(f"task {self.labels[i]!r}: no loss module configured, pass a precomputed loss tensor")
+            else:
+                value = self.parts[i](*item)
+            if value.ndim != 0:
+                raise ValueError(f"task {self.labels[i]!r}: expected a scalar loss, got shape {tuple(value.shape)}")
+            values.append(value.to(self.log_vars.dtype))
+        return torch.stack(values)
+
+    def forward(self, items: Sequence[Any] | Mapping[str, Any] | Tensor) -> Tensor:
+        """Uncertainty-weighted total of one item per task (see the class docstring)."""
+        losses = self._task_losses(items)
+        s = self.log_vars
+        total = (self.scale_loss * torch.exp(-s) * losses + self.scale_reg * s).sum()
+        self.last_parts = dict(zip(self.labels, losses.detach().unbind()))
+        return total
+
+    def extra_repr(self) -> str:
+        return f"labels={self.labels}, tasks={self.tasks}"

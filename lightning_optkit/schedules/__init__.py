@@ -1,0 +1,25 @@
+"""Schedules: pure functions of the optimizer step, their torch adapters and the builder.
+
+See :mod:`lightning_optkit.schedules._functions` for the convention (warm-up inside the total,
+decay ending at the last optimizer step) and how it relates to HuggingFace, timm and torch.
+"""
+
+from ._adapters import PlateauWarmupStepper, ScheduledLR, WarmupReduceLROnPlateau
+from ._build import build_scheduler, resolved_settings
+from ._functions import DECAYS, MomentumFn, ScheduleFn
+from ._registry import SCHEDULES, ScheduleInfo, lookup, validate_scheduler
+
+__all__ = [
+    "DECAYS",
+    "SCHEDULES",
+    "MomentumFn",
+    "PlateauWarmupStepper",
+    "ScheduleFn",
+    "ScheduleInfo",
+    "ScheduledLR",
+    "WarmupReduceLROnPlateau",
+    "build_scheduler",
+    "lookup",
+    "resolved_settings",
+    "validate_scheduler",
+]
