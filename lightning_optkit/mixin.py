@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -16,7 +17,7 @@ from .optim._groups import GroupPlan
 from .optim._registry import OptimInfo
 from .schedules import build_scheduler
 
-__all__ = ["OptimMixin", "build_optimizers", "training_length"]
+__all__ = ["OptimMixin", "build_optimizers", "settle_pending_plateau_steps", "training_length"]
 
 
 def _accumulation(trainer: Any) -> Any:
@@ -159,6 +160,50 @@ def build_optimizers(
     return optimizers, schedulers
 
 
+def settle_pending_plateau_steps(trainer: Any, checkpoint: dict[str, Any]) -> None:
+    """Write the end-of-epoch plateau step that Lightning would lose on resume into ``checkpoint``.
+
+    Lightning steps ``ReduceLROnPlateau`` after ``on_train_epoch_end``, i.e. after the epoch-end
+    checkpoint is written, and skips that step when it resumes from the checkpoint (the metric is
+    not saved). A resumed run then misses one plateau decision and its LRs drift from the
+    uninterrupted run. When a checkpoint is written at the end of an epoch whose plateau step is
+    still pending, this applies the step to copies of the scheduler and optimizer state in the
+    checkpoint (the live objects are left untouched; Lightning steps them as usual).
+    """
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    if "lr_schedulers" not in checkpoint or "optimizer_states" not in checkpoint:
+        return
+    if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+        return
+    fit_loop = trainer.fit_loop
+    progress = fit_loop.epoch_progress.current
+    if progress.completed >= progress.ready or not fit_loop.epoch_loop._num_ready_batches_reached():
+        return
+    for i, config in enumerate(trainer.lr_scheduler_configs):
+        if not config.reduce_on_plateau or config.interval != "epoch":
+            continue
+        if (trainer.current_epoch + 1) % config.frequency != 0 or config.monitor is None:
+            continue
+        metric = trainer.callback_metrics.get(config.monitor)
+        if metric is None:
+            continue
+        sched = config.scheduler
+        optimizer = sched.optimizer
+        live_state = copy.deepcopy(sched.state_dict())
+        live_lrs = [g["lr"] for g in optimizer.param_groups]
+        try:
+            sched.step(metric)
+            checkpoint["lr_schedulers"][i] = copy.deepcopy(sched.state_dict())
+            opt_index = next(k for k, o in enumerate(trainer.optimizers) if o is optimizer)
+            for group, saved in zip(optimizer.param_groups, checkpoint["optimizer_states"][opt_index]["param_groups"]):
+                saved["lr"] = group["lr"]
+        finally:
+            sched.load_state_dict(live_state)
+            for group, lr in zip(optimizer.param_groups, live_lrs):
+                group["lr"] = lr
+
+
 class OptimMixin:
     """LightningModule mixin: ``configure_optimizers`` and ``loss_fn`` from a declarative ``optim:`` block.
 
@@ -222,13 +267,16 @@ class OptimMixin:
         device = getattr(self, "device", None)
         if device is not None:
             mod = mod.to(device)
-        self.add_module("loss_fn", mod)  # type: ignore[attr-defined]
+        self._modules["loss_fn"] = mod  # type: ignore[attr-defined]  # add_module's hasattr() recurses
         return mod
 
     # -- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         cfg = self.get_optim_config()
         checkpoint["optkit"] = {"optim_config": cfg.to_dict(), "config_hash": cfg.content_hash()}
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None:
+            settle_pending_plateau_steps(trainer, checkpoint)
         parent = getattr(super(), "on_save_checkpoint", None)
         if parent is not None:
             parent(checkpoint)

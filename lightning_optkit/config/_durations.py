@@ -89,6 +89,8 @@ class Duration:
 
     def epochs(self, length: TrainingLength | None, total_epochs: int, path: str) -> int:
         """Resolve for an ``interval: epoch`` schedule (counts epochs, not steps)."""
+        if self.value == 0:
+            return 0
         if self.unit == "epochs":
             return int(round(self.value))
         if self.unit == "fraction":

@@ -94,8 +94,9 @@ def load_config(source: ConfigSource, overrides: Mapping[str, Any] | None = None
     """Load and validate an ``optim:`` block.
 
     Args:
-        source: a YAML path, a dict, or an :class:`OptimConfig`. A mapping whose only key is ``optim``
-            (an hparams file) is unwrapped.
+        source: a YAML path, a dict, or an :class:`OptimConfig`. A mapping with an ``optim`` key and no
+            key of the schema (an hparams file, where ``optim`` sits next to the model's other arguments)
+            is unwrapped.
         overrides: dotted keys to set before validation (``{"optimizer.lr": 1e-3}``).
 
     Raises:
@@ -114,7 +115,8 @@ def load_config(source: ConfigSource, overrides: Mapping[str, Any] | None = None
         data = read_yaml(source)
     else:
         raise ConfigError("", source, "a YAML path, a dict or an OptimConfig")
-    if isinstance(data, dict) and set(data) == {"optim"}:
+    if isinstance(data, dict) and "optim" in data and not set(data) & set(OptimConfig.model_fields):
+        # an hparams file or LightningCLI model args: ``optim:`` next to the model's other arguments
         data = data["optim"]
     if data is None:
         data = {}

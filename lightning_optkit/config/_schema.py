@@ -37,10 +37,27 @@ Ratio = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, le=1, allow_inf_
 Globs = str | list[str]
 
 
+def _lists(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    return value
+
+
 class _Open(BaseModel):
     """A block whose unknown keys are keyword arguments, checked later against a signature."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tuples_as_lists(cls, data: Any) -> Any:
+        # YAML and to_dict() give lists; a dict config written in Python often has tuples
+        # (betas=(0.9, 0.95)). Store lists either way so load_config(cfg.to_dict()) == cfg.
+        if isinstance(data, dict):
+            return {k: v if k in cls.model_fields else _lists(v) for k, v in data.items()}
+        return data
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -264,10 +281,7 @@ def _walk(data: Any, loc: tuple[Any, ...]) -> tuple[list[str | int], Any, bool]:
     path: list[str | int] = []
     node, found = data, True
     for part in loc:
-        if isinstance(node, dict) and isinstance(part, str) and part in node:
-            path.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        if (isinstance(node, dict) and isinstance(part, str) and part in node) or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
             path.append(part)
             node = node[part]
         elif isinstance(part, str) and isinstance(node, dict) and part.isidentifier() and not part[0].isupper():

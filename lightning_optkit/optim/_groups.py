@@ -97,12 +97,16 @@ def no_decay_names(module: nn.Module, setting: str | Sequence[str]) -> set[str]:
             full = f"{mod_name}.{p_name}" if mod_name else p_name
             if is_norm or p.ndim <= 1 or p_name == "bias" or p_name.endswith("_bias"):
                 out.add(full)
-    hook = getattr(module, "no_weight_decay", None)
-    if callable(hook):
-        extra = hook()
-        names = [n for n, _p in module.named_parameters()]
-        for item in extra or ():
-            out.update(n for n in names if n == item or n.startswith(f"{item}.") or matches(n, item))
+    names = [n for n, _p in module.named_parameters()]
+    for mod_name, mod in module.named_modules():
+        # timm's convention, on the model itself or on any submodule (a timm backbone in a LightningModule)
+        hook = getattr(mod, "no_weight_decay", None)
+        if not callable(hook):
+            continue
+        pre = f"{mod_name}." if mod_name else ""
+        for item in hook() or ():
+            full = f"{pre}{item}"
+            out.update(n for n in names if n == full or n.startswith(f"{full}.") or matches(n, full))
     return out
 
 
@@ -201,7 +205,8 @@ def build_param_groups(
             pat = _patterns(rules[i].params)[0]
             raise ConfigError(f"{prefix}param_groups.{i}.params", rules[i].params,
                               "globs that match at least one parameter name (earlier rules take precedence)",
-                              suggestions=_similar(pat, [n for n, _ in named]))
+                              suggestions=_similar(pat, [n for n, _ in named]),
+                              hint=_shared_hint(module, rules[i].params))
     for n, p in named:
         idx = assigned[n]
         if idx is not None and rules[idx].frozen:
@@ -213,7 +218,10 @@ def build_param_groups(
                           hint="every parameter is frozen or already owned by another optimizer")
 
     opt_kwargs = {**info.defaults, **block.optimizer.kwargs}
+    _check_rule_options(info, block, opt_kwargs, prefix)
     base_wd = opt_kwargs.get("weight_decay", _signature_default(info, "weight_decay"))
+    if block.no_weight_decay not in ("auto", "none"):
+        _check_no_decay_globs(module, block.no_weight_decay, f"{prefix}no_weight_decay")
     no_decay = no_decay_names(module, block.no_weight_decay) if info.has_weight_decay else set()
     lids, num_layers = ({}, 0)
     if block.layer_decay is not None:
@@ -258,6 +266,56 @@ def build_param_groups(
                           f"a single parameter group: {info.cls.__name__} does not support per-parameter options",
                           hint="drop param_groups rules (frozen-only rules are fine) and layer_decay")
     return groups
+
+
+def _shared_hint(module: nn.Module, globs: str | Sequence[str]) -> str:
+    """A hint when the globs match only the second name of a shared (tied) parameter."""
+    first: dict[int, str] = {}
+    for n, p in module.named_parameters(remove_duplicate=False):
+        owner = first.setdefault(id(p), n)
+        if owner != n and matches(n, globs):
+            return (f"'{n}' is the same tensor as '{owner}': a shared parameter is listed once, under its "
+                    f"first name; match '{owner}' instead")
+    return ""
+
+
+def _check_no_decay_globs(module: nn.Module, globs: Sequence[str], path: str) -> None:
+    """An explicit ``no_weight_decay`` list: valid regexes, and every glob matches some parameter."""
+    _check_regexes(globs, path)
+    names = [n for n, _p in module.named_parameters()]
+    for pat in globs:
+        if not any(matches(n, pat) for n in names):
+            raise ConfigError(path, pat, "'auto', 'none' or globs that match parameter names of the model",
+                              suggestions=did_you_mean(pat, ["auto", "none"]) or _similar(pat, names))
+
+
+def _check_rule_options(info: OptimInfo, block: OptimBlock, opt_kwargs: dict[str, Any], prefix: str) -> None:
+    """Per-group optimizer options (``betas``, ``momentum``...) pass torch's own checks.
+
+    torch validates only the constructor's defaults, not the options of each parameter group, so a
+    bad ``betas`` in a rule would otherwise surface as a TypeError inside ``optimizer.step()``. Each
+    rule's options are tried as defaults on a throw-away optimizer over a dummy 2-D tensor.
+    """
+    import torch
+
+    def probe(options: dict[str, Any]) -> Exception | None:
+        try:
+            info.cls([torch.zeros(2, 2, requires_grad=True)], lr=block.optimizer.lr, **{**opt_kwargs, **options})
+        except (TypeError, ValueError, RuntimeError, IndexError, KeyError) as exc:
+            return exc
+        return None
+
+    rules = [(i, r) for i, r in enumerate(block.param_groups) if r.kwargs and not r.frozen]
+    if not rules or probe({}) is not None:  # a bad optimizer-level value is reported at `optimizer`
+        return
+    for i, rule in rules:
+        exc = probe(rule.kwargs)
+        if exc is None:
+            continue
+        key = next((k for k, v in rule.kwargs.items() if probe({k: v}) is not None), None)
+        path = f"{prefix}param_groups.{i}" + (f".{key}" if key else "")
+        raise ConfigError(path, rule.kwargs[key] if key else rule.kwargs,
+                          f"a value {info.cls.__name__} accepts ({exc})")
 
 
 def _dedupe_labels(groups: list[GroupPlan]) -> None:

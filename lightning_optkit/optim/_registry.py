@@ -153,15 +153,19 @@ def _resolve_dotted(name: str, path: str) -> OptimInfo:
     return _info(name, obj)
 
 
-def check_kwargs(info: OptimInfo, kwargs: dict[str, Any], path: str) -> None:
-    """Every key must be a constructor argument (did-you-mean otherwise)."""
+def check_kwargs(info: OptimInfo, kwargs: dict[str, Any], path: str, own_keys: tuple[str, ...] = ()) -> None:
+    """Every key must be a constructor argument (did-you-mean otherwise).
+
+    ``own_keys`` are the block's own keys (``lr``, ``lr_scale``...), offered as suggestions too, so a
+    misspelt ``lr_scalee`` is answered with ``lr_scale``.
+    """
     if info.var_kwargs:
         return
     valid = [a for a in info.arguments if a != "lr"]
     for key, value in kwargs.items():
         if key not in info.arguments:
             raise ConfigError(f"{path}.{key}", value, f"an argument of {info.cls.__name__}: {', '.join(valid)}",
-                              suggestions=did_you_mean(key, valid))
+                              suggestions=did_you_mean(key, [*own_keys, *valid]))
 
 
 _RULE_KEYS = ("params", "name", "lr", "lr_scale", "weight_decay", "frozen")
@@ -171,10 +175,10 @@ def validate_optimizers(cfg: OptimConfig) -> None:
     """Load-time check: names resolve, kwargs (also per parameter-group) fit the constructor."""
     for prefix, block in cfg.blocks():
         info = resolve_optimizer(block.optimizer.name, f"{prefix}optimizer.name")
-        check_kwargs(info, block.optimizer.kwargs, f"{prefix}optimizer")
+        check_kwargs(info, block.optimizer.kwargs, f"{prefix}optimizer", own_keys=("name", "lr"))
         for i, rule in enumerate(block.param_groups):
             rpath = f"{prefix}param_groups.{i}"
-            check_kwargs(info, rule.kwargs, rpath)
+            check_kwargs(info, rule.kwargs, rpath, own_keys=_RULE_KEYS)
             if rule.weight_decay is not None and not info.has_weight_decay and not info.var_kwargs:
                 raise ConfigError(f"{rpath}.weight_decay", rule.weight_decay,
                                   f"nothing: {info.cls.__name__} has no weight_decay")

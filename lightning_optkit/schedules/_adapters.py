@@ -33,7 +33,9 @@ class ScheduledLR(LambdaLR):
         0.0
     """
 
-    def __init__(self, optimizer: Optimizer, fn: ScheduleFn, momentum: MomentumFn | None = None) -> None:
+    def __init__(
+        self, optimizer: Optimizer, fn: ScheduleFn | list[ScheduleFn], momentum: MomentumFn | None = None
+    ) -> None:
         self.momentum_fn = momentum
         super().__init__(optimizer, fn)
 

@@ -46,7 +46,10 @@ def resolved_settings(block: OptimBlock, length: TrainingLength, prefix: str = "
     unit = "optimizer steps" if interval == "step" else "epochs"
     if total <= 0:
         raise ConfigError(f"{p}.interval", interval, f"a training of at least one {unit[:-1]} (the trainer gives {total})")
-    warmup = _resolve(sched.warmup, interval, length, f"{p}.warmup")
+    # plateau's warm-up runs per optimizer step, whatever interval its metric checks use
+    warmup = _resolve(sched.warmup, "step" if info.name == "plateau" else interval, length, f"{p}.warmup")
+    if info.name == "plateau":
+        total = length.total_steps
     if warmup and warmup >= total:
         raise ConfigError(f"{p}.warmup", sched.warmup,
                           f"a warm-up shorter than training ({warmup} >= {total} {unit})",
@@ -157,8 +160,15 @@ def build_scheduler(
             entries.append({"scheduler": PlateauWarmupStepper(plateau), "interval": "step", "frequency": 1,
                             "name": f"{label}-warmup", "reduce_on_plateau": False})
         return entries
-    fn = ScheduleFn(r["kind"], total=r["total"], warmup=r["warmup"], warmup_start=r["warmup_start"],
-                    floor=r["floor"], params=r["params"])
+    def make(params: dict[str, Any]) -> ScheduleFn:
+        return ScheduleFn(r["kind"], total=r["total"], warmup=r["warmup"], warmup_start=r["warmup_start"],
+                          floor=r["floor"], params=params)
+
+    fn: ScheduleFn | list[ScheduleFn]
+    if r["kind"] == "onecycle":  # per group, in the group's own units, to round as torch does
+        fn = [make({**r["params"], "max_lr": float(g["lr"])}) for g in optimizer.param_groups]
+    else:
+        fn = make(r["params"])
     momentum = _momentum(optimizer, r["settings"], r["total"], p) if r["kind"] == "onecycle" else None
     return [{"scheduler": ScheduledLR(optimizer, fn, momentum), "interval": r["interval"], "frequency": 1,
              "name": label}]

@@ -131,13 +131,18 @@ def _onecycle_value(t: int, n: int, pct_start: float, three_phase: bool, anchors
 
 def onecycle(
     t: int, n: int, floor: float, pct_start: float = 0.3, div_factor: float = 25.0,
-    final_div_factor: float = 1e4, anneal_strategy: str = "cos", three_phase: bool = False,
+    final_div_factor: float = 1e4, anneal_strategy: str = "cos", three_phase: bool = False, max_lr: float = 1.0,
 ) -> float:
-    """The 1cycle policy exactly as torch's ``OneCycleLR`` (factors relative to ``max_lr``)."""
-    initial = 1.0 / div_factor
+    """The 1cycle policy exactly as torch's ``OneCycleLR``, as a factor of ``max_lr``.
+
+    The curve is computed in absolute units of the group's ``max_lr`` (as torch does) and divided
+    back, so both round the same way (the linear anneal cancels digits near its end).
+    """
+    initial = max_lr / div_factor
     final = initial / final_div_factor
-    anchors = [(initial, 1.0), (1.0, initial), (initial, final)] if three_phase else [(initial, 1.0), (1.0, final)]
-    return _onecycle_value(t, n, pct_start, three_phase, anchors, anneal_strategy)
+    top = max_lr
+    anchors = [(initial, top), (top, initial), (initial, final)] if three_phase else [(initial, top), (top, final)]
+    return _onecycle_value(t, n, pct_start, three_phase, anchors, anneal_strategy) / max_lr
 
 
 def onecycle_momentum(

@@ -232,7 +232,8 @@ def validate_scheduler(cfg: OptimConfig) -> None:
             raise ConfigError(f"{p}.base_momentum", kwargs["base_momentum"], "at most max_momentum")
         interval = sched.interval or info.interval
         if interval == "epoch":
-            for key in ("warmup", "step_size", "cycle", "decay"):
+            # plateau's warm-up runs per optimizer step whatever the interval
+            for key in ("step_size", "cycle", "decay") if info.name == "plateau" else ("warmup", "step_size", "cycle", "decay"):
                 raw = getattr(sched, key, None) if key == "warmup" else kwargs.get(key)
                 if raw is not None and parse_duration(raw).unit == "steps" and parse_duration(raw).value:
                     raise ConfigError(f"{p}.{key}", raw, "'<N> epochs' or a percentage with interval: epoch",
