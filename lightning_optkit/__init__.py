@@ -9,16 +9,10 @@ Example:
 from . import optim as _optim  # noqa: F401  (registers the optimizer checks)
 from . import schedules as _schedules  # noqa: F401  (registers the schedule checks)
 from .config import ConfigError, OptimConfig, load_config
+from .losses import build_loss  # also registers the loss checks
 from .mixin import OptimMixin, build_optimizers
 
 __version__ = "0.1.0"
-
-
-def build_loss(config):  # type: ignore[no-untyped-def]
-    """Build the ``loss:`` block as an ``nn.Module`` (see :mod:`lightning_optkit.losses`)."""
-    from .losses import build_loss as _build_loss
-
-    return _build_loss(config)
 
 
 __all__ = [

@@ -30,13 +30,16 @@ def _split_parts(
         return [], list(labels or [])
     if isinstance(losses, Mapping):
         if labels is not None:
-            raise ValueError("labels: give labels either as the keys of a mapping of losses or as a list, not both")
+            raise ValueError(
+                "labels: give labels either as the keys of a mapping of losses or as a list, not both"
+            )
         return list(losses.values()), [str(k) for k in losses]
     modules = list(losses)
     for i, m in enumerate(modules):
         if not isinstance(m, nn.Module):
-            raise ValueError(f"losses: entry {i} is {type(m).__name__}, expected an nn.Module (use build_loss "
-                             "for configs)")
+            raise ValueError(
+                f"losses: entry {i} is {type(m).__name__}, expected an nn.Module (use build_loss for configs)"
+            )
     if labels is None:
         return modules, [None] * len(modules)
     labels = list(labels)
@@ -98,7 +101,9 @@ class WeightedSumLoss(nn.Module):
             raise ValueError("losses: expected at least one loss")
         coefs = [1.0] * len(modules) if coefs is None else list(coefs)
         if len(coefs) != len(modules):
-            raise ValueError(f"coefs: expected {len(modules)} mixing weights (one per loss), got {len(coefs)}")
+            raise ValueError(
+                f"coefs: expected {len(modules)} mixing weights (one per loss), got {len(coefs)}"
+            )
         for c in coefs:
             if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
                 raise ValueError(f"coefs: expected finite numbers, got {c!r}")
@@ -187,7 +192,9 @@ class UncertaintyWeightedLoss(nn.Module):
     ) -> None:
         super().__init__()
         modules, raw_labels = _split_parts(losses, labels if losses is not None else None)
-        if num_tasks is not None and (isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1):
+        if num_tasks is not None and (
+            isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1
+        ):
             raise ValueError(f"num_tasks: expected a positive integer, got {num_tasks!r}")
         if modules:
             if num_tasks is not None and num_tasks != len(modules):
@@ -199,13 +206,18 @@ class UncertaintyWeightedLoss(nn.Module):
             if len(raw_labels) != count:
                 raise ValueError(f"labels: expected {count} labels (one per task), got {len(raw_labels)}")
         else:
-            raise ValueError("losses: expected a list of losses, or set num_tasks for precomputed per-task losses")
+            raise ValueError(
+                "losses: expected a list of losses, or set num_tasks for precomputed per-task losses"
+            )
         kinds = [None] * count if tasks is None else list(tasks)
         if len(kinds) != count or any(k not in _TASK_SCALES for k in kinds):
-            raise ValueError(f"tasks: expected {count} entries, each null, 'regression' or 'classification', "
-                             f"got {tasks!r}")
-        if isinstance(init_log_var, bool) or not isinstance(init_log_var, (int, float)) or not math.isfinite(
-            init_log_var
+            raise ValueError(
+                f"tasks: expected {count} entries, each null, 'regression' or 'classification', got {tasks!r}"
+            )
+        if (
+            isinstance(init_log_var, bool)
+            or not isinstance(init_log_var, (int, float))
+            or not math.isfinite(init_log_var)
         ):
             raise ValueError(f"init_log_var: expected a finite number, got {init_log_var!r}")
         self.parts = nn.ModuleList(modules)
@@ -213,10 +225,12 @@ class UncertaintyWeightedLoss(nn.Module):
         self.tasks: list[str | None] = kinds
         self.log_vars = nn.Parameter(torch.full((count,), float(init_log_var)))
         dtype = torch.get_default_dtype()
-        self.register_buffer("scale_loss", torch.tensor([_TASK_SCALES[k][0] for k in kinds], dtype=dtype),
-                             persistent=False)
-        self.register_buffer("scale_reg", torch.tensor([_TASK_SCALES[k][1] for k in kinds], dtype=dtype),
-                             persistent=False)
+        self.register_buffer(
+            "scale_loss", torch.tensor([_TASK_SCALES[k][0] for k in kinds], dtype=dtype), persistent=False
+        )
+        self.register_buffer(
+            "scale_reg", torch.tensor([_TASK_SCALES[k][1] for k in kinds], dtype=dtype), persistent=False
+        )
         self.last_parts: dict[str, Tensor] = {}
 
     @property
@@ -232,8 +246,9 @@ class UncertaintyWeightedLoss(nn.Module):
     def _task_losses(self, items: Any) -> Tensor:
         if isinstance(items, Tensor):
             if items.ndim != 1 or items.shape[0] != self.num_tasks:
-                raise ValueError(f"expected a 1-d tensor of {self.num_tasks} task losses, got shape "
-                                 f"{tuple(items.shape)}")
+                raise ValueError(
+                    f"expected a 1-d tensor of {self.num_tasks} task losses, got shape {tuple(items.shape)}"
+                )
             return items.to(self.log_vars.dtype)
         if isinstance(items, Mapping):
             missing = [lab for lab in self.labels if lab not in items]
@@ -242,17 +257,23 @@ class UncertaintyWeightedLoss(nn.Module):
             items = [items[lab] for lab in self.labels]
         items = list(items)
         if len(items) != self.num_tasks:
-            raise ValueError(f"expected {self.num_tasks} task items ({', '.join(self.labels)}), got {len(items)}")
+            raise ValueError(
+                f"expected {self.num_tasks} task items ({', '.join(self.labels)}), got {len(items)}"
+            )
         values = []
         for i, item in enumerate(items):
             if isinstance(item, Tensor):
                 value = item
             elif len(self.parts) == 0:
-                raise ValueError(f"task {self.labels[i]!r}: no loss module configured, pass a precomputed loss tensor")
+                raise ValueError(
+                    f"task {self.labels[i]!r}: no loss module configured, pass a precomputed loss tensor"
+                )
             else:
                 value = self.parts[i](*item)
             if value.ndim != 0:
-                raise ValueError(f"task {self.labels[i]!r}: expected a scalar loss, got shape {tuple(value.shape)}")
+                raise ValueError(
+                    f"task {self.labels[i]!r}: expected a scalar loss, got shape {tuple(value.shape)}"
+                )
             values.append(value.to(self.log_vars.dtype))
         return torch.stack(values)
 

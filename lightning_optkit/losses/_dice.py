@@ -37,7 +37,12 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
 class _DiceBase(nn.Module):
     def __init__(self, smooth: float, ignore_index: int | None, batch_dice: bool, reduction: str) -> None:
         super().__init__()
-        if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not math.isfinite(smooth) or smooth < 0:
+        if (
+            isinstance(smooth, bool)
+            or not isinstance(smooth, (int, float))
+            or not math.isfinite(smooth)
+            or smooth < 0
+        ):
             raise ValueError(f"smooth: expected a finite number >= 0, got {smooth!r}")
         if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
             raise ValueError(f"ignore_index: expected an integer or None, got {ignore_index!r}")
@@ -56,8 +61,10 @@ class _DiceBase(nn.Module):
         return 1 - (2 * inter + self.smooth) / (card + self.smooth)
 
     def extra_repr(self) -> str:
-        return (f"smooth={self.smooth}, ignore_index={self.ignore_index}, batch_dice={self.batch_dice}, "
-                f"reduction={self.reduction!r}")
+        return (
+            f"smooth={self.smooth}, ignore_index={self.ignore_index}, batch_dice={self.batch_dice}, "
+            f"reduction={self.reduction!r}"
+        )
 
 
 class BinaryDiceLoss(_DiceBase):
@@ -83,15 +90,21 @@ class BinaryDiceLoss(_DiceBase):
     """
 
     def __init__(
-        self, smooth: float = 1.0, ignore_index: int | None = None, batch_dice: bool = False, reduction: str = "mean"
+        self,
+        smooth: float = 1.0,
+        ignore_index: int | None = None,
+        batch_dice: bool = False,
+        reduction: str = "mean",
     ) -> None:
         super().__init__(smooth, ignore_index, batch_dice, reduction)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         """Dice loss of logits ``input`` against ``target`` (same shape)."""
         if input.shape != target.shape:
-            raise ValueError(f"BinaryDiceLoss expects input and target of one shape, got "
-                             f"{tuple(input.shape)} and {tuple(target.shape)}")
+            raise ValueError(
+                f"BinaryDiceLoss expects input and target of one shape, got "
+                f"{tuple(input.shape)} and {tuple(target.shape)}"
+            )
         p = torch.sigmoid(input)
         t = target.to(p.dtype)
         if self.ignore_index is not None:
@@ -130,21 +143,27 @@ class DiceLoss(_DiceBase):
     """
 
     def __init__(
-        self, smooth: float = 1.0, ignore_index: int | None = None, batch_dice: bool = False, reduction: str = "mean"
+        self,
+        smooth: float = 1.0,
+        ignore_index: int | None = None,
+        batch_dice: bool = False,
+        reduction: str = "mean",
     ) -> None:
         super().__init__(smooth, ignore_index, batch_dice, reduction)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         """Dice loss of logits ``input`` (N, C, ...) against class indices ``target`` (N, ...)."""
         if input.ndim < 2 or target.shape != input.shape[:1] + input.shape[2:]:
-            raise ValueError(f"DiceLoss expects logits (N, C, ...) and class indices (N, ...), got "
-                             f"{tuple(input.shape)} and {tuple(target.shape)}")
-        num_classes = input.shape[1]
+            raise ValueError(
+                f"DiceLoss expects logits (N, C, ...) and class indices (N, ...), got "
+                f"{tuple(input.shape)} and {tuple(target.shape)}"
+            )
         p = F.softmax(input, dim=1)
         if self.ignore_index is not None:
             valid = target != self.ignore_index
             target = target.masked_fill(~valid, 0)
-        one_hot = F.one_hot(target.long(), num_classes).movedim(-1, 1).to(p.dtype)
+        # scatter, not F.one_hot: F.one_hot reads min/max back to the host on CPU (a sync per step)
+        one_hot = torch.zeros_like(p).scatter_(1, target.long().unsqueeze(1), 1.0)
         if self.ignore_index is not None:
             keep = valid.unsqueeze(1).to(p.dtype)
             p, one_hot = p * keep, one_hot * keep

@@ -26,7 +26,12 @@ def _check_reduction(reduction: str) -> str:
 
 
 def _check_gamma(gamma: float) -> float:
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma < 0:
+    if (
+        isinstance(gamma, bool)
+        or not isinstance(gamma, (int, float))
+        or not math.isfinite(gamma)
+        or gamma < 0
+    ):
         raise ValueError(f"gamma: expected a finite number >= 0, got {gamma!r}")
     return float(gamma)
 
@@ -89,7 +94,7 @@ class BinaryFocalLoss(nn.Module):
 
 
 class FocalLoss(nn.Module):
-    """Multi-class (softmax) focal loss on logits ``(N, C, d1, ...)`` with class-index targets ``(N, d1, ...)``.
+    """Multi-class (softmax) focal loss: logits ``(N, C, d1, ...)``, class-index targets ``(N, d1, ...)``.
 
     Per element, with ``logp = log_softmax(input, dim=1)`` and ``p = exp(logp)``::
 
@@ -136,8 +141,10 @@ class FocalLoss(nn.Module):
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise ValueError(f"ignore_index: expected an integer, got {ignore_index!r}")
         self.ignore_index = ignore_index
-        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or not (
-            0 <= label_smoothing <= 1
+        if (
+            isinstance(label_smoothing, bool)
+            or not isinstance(label_smoothing, (int, float))
+            or not (0 <= label_smoothing <= 1)
         ):
             raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing!r}")
         self.label_smoothing = float(label_smoothing)
@@ -148,9 +155,13 @@ class FocalLoss(nn.Module):
             try:
                 a = torch.as_tensor(alpha, dtype=torch.get_default_dtype())
             except (TypeError, ValueError, RuntimeError):
-                raise ValueError(f"alpha: expected null or a list of per-class weights, got {alpha!r}") from None
+                raise ValueError(
+                    f"alpha: expected null or a list of per-class weights, got {alpha!r}"
+                ) from None
             if a.ndim != 1 or a.numel() == 0 or bool((a < 0).any()) or not bool(torch.isfinite(a).all()):
-                raise ValueError(f"alpha: expected null or a non-empty 1-d list of weights >= 0, got {alpha!r}")
+                raise ValueError(
+                    f"alpha: expected null or a non-empty 1-d list of weights >= 0, got {alpha!r}"
+                )
             self.register_buffer("alpha", a, persistent=False)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
@@ -158,12 +169,20 @@ class FocalLoss(nn.Module):
         if input.ndim < 2:
             raise ValueError(f"FocalLoss expects logits of shape (N, C, ...), got {tuple(input.shape)}")
         if target.is_floating_point():
-            raise ValueError("FocalLoss expects class-index targets (an integer tensor); use BinaryFocalLoss "
-                             "for multi-label / binary targets")
+            raise ValueError(
+                "FocalLoss expects class-index targets (an integer tensor); use BinaryFocalLoss "
+                "for multi-label / binary targets"
+            )
         alpha = None if self.alpha is None else self.alpha.to(input.dtype)
         if self.gamma == 0:
-            return F.cross_entropy(input, target, weight=alpha, ignore_index=self.ignore_index,
-                                   reduction=self.reduction, label_smoothing=self.label_smoothing)
+            return F.cross_entropy(
+                input,
+                target,
+                weight=alpha,
+                ignore_index=self.ignore_index,
+                reduction=self.reduction,
+                label_smoothing=self.label_smoothing,
+            )
         num_classes = input.shape[1]
         logp = F.log_softmax(input, dim=1)
         valid = target != self.ignore_index
@@ -190,5 +209,7 @@ class FocalLoss(nn.Module):
         return loss.sum() / denom
 
     def extra_repr(self) -> str:
-        return (f"gamma={self.gamma}, ignore_index={self.ignore_index}, "
-                f"label_smoothing={self.label_smoothing}, reduction={self.reduction!r}")
+        return (
+            f"gamma={self.gamma}, ignore_index={self.ignore_index}, "
+            f"label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
+        )

@@ -134,7 +134,8 @@ def register_loss(info: LossInfo, *, override: bool = False) -> LossInfo:
     """Add a :class:`LossInfo` to the registry so configs can name it.
 
     Raises:
-        ValueError: a name or alias is taken (pass ``override=True`` to replace that entry).
+        ValueError: a name or alias is taken. With ``override=True`` a clashing alias moves to the new
+            entry, and an entry whose own name clashes is replaced.
 
     Example:
         >>> from lightning_optkit.losses import LossInfo, build_loss, register_loss
@@ -143,21 +144,21 @@ def register_loss(info: LossInfo, *, override: bool = False) -> LossInfo:
         L1Loss()
     """
     keys = {_key(n) for n in (info.name, *info.aliases)}
-    if isinstance(info.target, str):
-        keys.add(_key(info.target.rsplit(".", 1)[-1]))
     clashes = {k: _LOOKUP[k] for k in keys if k in _LOOKUP and _LOOKUP[k] != info.name}
     if clashes and not override:
-        raise ValueError(f"loss names already registered: {sorted(clashes.values())}; pass override=True")
+        raise ValueError(
+            f"loss names already registered: {sorted(set(clashes.values()))}; pass override=True to replace"
+        )
     for k, owner in clashes.items():
-        _LOOKUP.pop(k)
-        _REGISTRY.pop(owner, None)
-    old = _REGISTRY.get(info.name)
-    if old is not None:
-        for k in [k for k, v in _LOOKUP.items() if v == info.name]:
-            _LOOKUP.pop(k)
+        if owner in _REGISTRY and k == _key(owner):  # another entry's own name: that entry is replaced
+            _REGISTRY.pop(owner)
+            for stale in [s for s, v in _LOOKUP.items() if v == owner]:
+                _LOOKUP.pop(stale)
+    for stale in [k for k, v in _LOOKUP.items() if v == info.name]:  # re-registering the same name
+        _LOOKUP.pop(stale)
     _REGISTRY[info.name] = info
     for k in keys:
-        _LOOKUP[k] = info.name
+        _LOOKUP[k] = info.name  # an alias clash only moves that alias
     return info
 
 
@@ -182,11 +183,13 @@ def get_loss_info(name: str) -> LossInfo | None:
     return None if canonical is None else _REGISTRY[canonical]
 
 
-def _all_names() -> list[str]:
-    names: list[str] = []
+def _suggest(name: str) -> list[str]:
+    """Canonical names whose name or alias is close to ``name``."""
+    owner: dict[str, str] = {}
     for info in _REGISTRY.values():
-        names += [info.name, *info.aliases]
-    return names
+        for n in (info.name, *info.aliases):
+            owner.setdefault(n, info.name)
+    return list(dict.fromkeys(owner[hit] for hit in did_you_mean(name, owner, n=5)))[:3]
 
 
 def resolve_loss(name: Any, path: str = "loss.name") -> tuple[LossInfo | None, type]:
@@ -213,8 +216,10 @@ def resolve_loss(name: Any, path: str = "loss.name") -> tuple[LossInfo | None, t
         raise ConfigError(
             path,
             name,
-            "a registered loss name (" + ", ".join(available_losses()) + ") or a dotted path to an nn.Module class",
-            suggestions=did_you_mean(name, _all_names()),
+            "a registered loss name ("
+            + ", ".join(available_losses())
+            + ") or a dotted path to an nn.Module class",
+            suggestions=_suggest(name),
         )
     try:
         obj = import_object(name)
@@ -223,7 +228,9 @@ def resolve_loss(name: Any, path: str = "loss.name") -> tuple[LossInfo | None, t
             path, name, f"an importable dotted path to an nn.Module class ({type(exc).__name__}: {exc})"
         ) from None
     if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
-        raise ConfigError(path, name, f"a dotted path to an nn.Module subclass, not {type(obj).__name__} {obj!r}")
+        raise ConfigError(
+            path, name, f"a dotted path to an nn.Module subclass, not {type(obj).__name__} {obj!r}"
+        )
     for candidate in _REGISTRY.values():
         target_name = candidate.target if isinstance(candidate.target, str) else candidate.target.__name__
         if target_name.rsplit(".", 1)[-1] == obj.__name__ and candidate.load() is obj:
@@ -256,11 +263,19 @@ def _alpha_binary(v: Any) -> bool:
 
 
 def _alpha_classes(v: Any) -> bool:
-    return v is None or (isinstance(v, (list, tuple)) and len(v) > 0 and all(_number(x) and x >= 0 for x in v))
+    return v is None or (
+        isinstance(v, (list, tuple)) and len(v) > 0 and all(_number(x) and x >= 0 for x in v)
+    )
 
 
 def _optional_int(v: Any) -> bool:
     return v is None or (isinstance(v, int) and not isinstance(v, bool))
+
+
+def _task_kinds(v: Any) -> bool:
+    return v is None or (
+        isinstance(v, (list, tuple)) and all(k in (None, "regression", "classification") for k in v)
+    )
 
 
 _TORCH = "torch.nn."
@@ -268,77 +283,210 @@ _OWN = "lightning_optkit.losses."
 
 _BUILTINS: tuple[LossInfo, ...] = (
     # -- classification -------------------------------------------------------------------------
-    LossInfo("cross_entropy", _TORCH + "CrossEntropyLoss", ("ce", "crossentropy", "CrossEntropyLoss", "xent"),
-             tensor_kwargs=("weight",), vector_kwargs=("weight",), checks=(_unit("label_smoothing"),),
-             summary="softmax cross entropy on logits; class weights, ignore_index, label_smoothing"),
-    LossInfo("nll", _TORCH + "NLLLoss", ("nll_loss", "NLLLoss", "negative_log_likelihood"),
-             tensor_kwargs=("weight",), vector_kwargs=("weight",), summary="negative log-likelihood on log-probs"),
-    LossInfo("bce", _TORCH + "BCELoss", ("binary_cross_entropy", "BCELoss"),
-             tensor_kwargs=("weight",), summary="binary cross entropy on probabilities"),
-    LossInfo("bce_with_logits", _TORCH + "BCEWithLogitsLoss",
-             ("bce_logits", "binary_cross_entropy_with_logits", "BCEWithLogitsLoss", "sigmoid_bce"),
-             tensor_kwargs=("weight", "pos_weight"), summary="binary cross entropy on logits; pos_weight"),
-    LossInfo("multilabel_soft_margin", _TORCH + "MultiLabelSoftMarginLoss", ("MultiLabelSoftMarginLoss",),
-             tensor_kwargs=("weight",), vector_kwargs=("weight",), summary="multi-label one-vs-all logistic loss"),
-    LossInfo("multilabel_margin", _TORCH + "MultiLabelMarginLoss", ("MultiLabelMarginLoss",),
-             summary="multi-label hinge loss"),
-    LossInfo("multi_margin", _TORCH + "MultiMarginLoss", ("multiclass_margin", "MultiMarginLoss"),
-             tensor_kwargs=("weight",), vector_kwargs=("weight",),
-             checks=(Check("p", lambda v: v in (1, 2) and not isinstance(v, bool), "1 or 2"),),
-             summary="multi-class hinge loss"),
-    LossInfo("soft_margin", _TORCH + "SoftMarginLoss", ("SoftMarginLoss",), summary="two-class logistic loss"),
-    LossInfo("kl_div", _TORCH + "KLDivLoss", ("kl", "kldiv", "kl_divergence", "KLDivLoss"),
-             reductions=("none", "mean", "sum", "batchmean"), summary="Kullback-Leibler divergence"),
-    LossInfo("linear_cross_entropy", _TORCH + "LinearCrossEntropyLoss", ("LinearCrossEntropyLoss",),
-             tensor_kwargs=("weight",), vector_kwargs=("weight",), checks=(
-                 _unit("label_smoothing"), Check("ignore_index", _optional_int, "an integer or null")),
-             summary="fused final linear layer + cross entropy (needs in_features, num_classes)"),
+    LossInfo(
+        "cross_entropy",
+        _TORCH + "CrossEntropyLoss",
+        ("ce", "crossentropy", "CrossEntropyLoss", "xent"),
+        tensor_kwargs=("weight",),
+        vector_kwargs=("weight",),
+        checks=(_unit("label_smoothing"),),
+        summary="softmax cross entropy on logits; class weights, ignore_index, label_smoothing",
+    ),
+    LossInfo(
+        "nll",
+        _TORCH + "NLLLoss",
+        ("nll_loss", "NLLLoss", "negative_log_likelihood"),
+        tensor_kwargs=("weight",),
+        vector_kwargs=("weight",),
+        summary="negative log-likelihood on log-probs",
+    ),
+    LossInfo(
+        "bce",
+        _TORCH + "BCELoss",
+        ("binary_cross_entropy", "BCELoss"),
+        tensor_kwargs=("weight",),
+        summary="binary cross entropy on probabilities",
+    ),
+    LossInfo(
+        "bce_with_logits",
+        _TORCH + "BCEWithLogitsLoss",
+        ("bce_logits", "binary_cross_entropy_with_logits", "BCEWithLogitsLoss", "sigmoid_bce"),
+        tensor_kwargs=("weight", "pos_weight"),
+        summary="binary cross entropy on logits; pos_weight",
+    ),
+    LossInfo(
+        "multilabel_soft_margin",
+        _TORCH + "MultiLabelSoftMarginLoss",
+        ("MultiLabelSoftMarginLoss",),
+        tensor_kwargs=("weight",),
+        vector_kwargs=("weight",),
+        summary="multi-label one-vs-all logistic loss",
+    ),
+    LossInfo(
+        "multilabel_margin",
+        _TORCH + "MultiLabelMarginLoss",
+        ("MultiLabelMarginLoss",),
+        summary="multi-label hinge loss",
+    ),
+    LossInfo(
+        "multi_margin",
+        _TORCH + "MultiMarginLoss",
+        ("multiclass_margin", "MultiMarginLoss"),
+        tensor_kwargs=("weight",),
+        vector_kwargs=("weight",),
+        checks=(Check("p", lambda v: v in (1, 2) and not isinstance(v, bool), "1 or 2"),),
+        summary="multi-class hinge loss",
+    ),
+    LossInfo(
+        "soft_margin", _TORCH + "SoftMarginLoss", ("SoftMarginLoss",), summary="two-class logistic loss"
+    ),
+    LossInfo(
+        "kl_div",
+        _TORCH + "KLDivLoss",
+        ("kl", "kldiv", "kl_divergence", "KLDivLoss"),
+        reductions=("none", "mean", "sum", "batchmean"),
+        summary="Kullback-Leibler divergence",
+    ),
+    LossInfo(
+        "linear_cross_entropy",
+        _TORCH + "LinearCrossEntropyLoss",
+        ("LinearCrossEntropyLoss",),
+        tensor_kwargs=("weight",),
+        vector_kwargs=("weight",),
+        checks=(_unit("label_smoothing"), Check("ignore_index", _optional_int, "an integer or null")),
+        summary="fused final linear layer + cross entropy (needs in_features, num_classes)",
+    ),
     # -- regression -----------------------------------------------------------------------------
-    LossInfo("mse", _TORCH + "MSELoss", ("mse_loss", "l2", "mean_squared_error", "MSELoss"), summary="squared error"),
-    LossInfo("l1", _TORCH + "L1Loss", ("l1_loss", "mae", "mean_absolute_error", "L1Loss"), summary="absolute error"),
-    LossInfo("smooth_l1", _TORCH + "SmoothL1Loss", ("SmoothL1Loss",), checks=(_ge0("beta"),),
-             summary="L1 with a quadratic zone of width beta"),
+    LossInfo(
+        "mse",
+        _TORCH + "MSELoss",
+        ("mse_loss", "l2", "mean_squared_error", "MSELoss"),
+        summary="squared error",
+    ),
+    LossInfo(
+        "l1", _TORCH + "L1Loss", ("l1_loss", "mae", "mean_absolute_error", "L1Loss"), summary="absolute error"
+    ),
+    LossInfo(
+        "smooth_l1",
+        _TORCH + "SmoothL1Loss",
+        ("SmoothL1Loss",),
+        checks=(_ge0("beta"),),
+        summary="L1 with a quadratic zone of width beta",
+    ),
     LossInfo("huber", _TORCH + "HuberLoss", ("HuberLoss",), checks=(_gt0("delta"),), summary="Huber loss"),
-    LossInfo("poisson_nll", _TORCH + "PoissonNLLLoss", ("poisson", "PoissonNLLLoss"), checks=(_gt0("eps"),),
-             summary="Poisson negative log-likelihood"),
-    LossInfo("gaussian_nll", _TORCH + "GaussianNLLLoss", ("gaussian", "GaussianNLLLoss"), checks=(_gt0("eps"),),
-             summary="Gaussian negative log-likelihood (input, target, var)"),
+    LossInfo(
+        "poisson_nll",
+        _TORCH + "PoissonNLLLoss",
+        ("poisson", "PoissonNLLLoss"),
+        checks=(_gt0("eps"),),
+        summary="Poisson negative log-likelihood",
+    ),
+    LossInfo(
+        "gaussian_nll",
+        _TORCH + "GaussianNLLLoss",
+        ("gaussian", "GaussianNLLLoss"),
+        checks=(_gt0("eps"),),
+        summary="Gaussian negative log-likelihood (input, target, var)",
+    ),
     # -- embeddings and ranking -----------------------------------------------------------------
-    LossInfo("margin_ranking", _TORCH + "MarginRankingLoss", ("ranking", "MarginRankingLoss"),
-             summary="pairwise ranking hinge (x1, x2, y)"),
-    LossInfo("hinge_embedding", _TORCH + "HingeEmbeddingLoss", ("hinge", "HingeEmbeddingLoss"),
-             summary="hinge embedding loss"),
-    LossInfo("cosine_embedding", _TORCH + "CosineEmbeddingLoss", ("cosine", "CosineEmbeddingLoss"),
-             summary="cosine similarity embedding loss (x1, x2, y)"),
-    LossInfo("triplet_margin", _TORCH + "TripletMarginLoss", ("triplet", "TripletMarginLoss"),
-             checks=(_gt0("p"), _gt0("eps")), summary="triplet loss with a p-norm distance"),
-    LossInfo("triplet_margin_with_distance", _TORCH + "TripletMarginWithDistanceLoss",
-             ("triplet_with_distance", "TripletMarginWithDistanceLoss"), callable_kwargs=("distance_function",),
-             checks=(_gt0("margin"),), summary="triplet loss with any distance (dotted path to a callable)"),
+    LossInfo(
+        "margin_ranking",
+        _TORCH + "MarginRankingLoss",
+        ("ranking", "MarginRankingLoss"),
+        summary="pairwise ranking hinge (x1, x2, y)",
+    ),
+    LossInfo(
+        "hinge_embedding",
+        _TORCH + "HingeEmbeddingLoss",
+        ("hinge", "HingeEmbeddingLoss"),
+        summary="hinge embedding loss",
+    ),
+    LossInfo(
+        "cosine_embedding",
+        _TORCH + "CosineEmbeddingLoss",
+        ("cosine", "CosineEmbeddingLoss"),
+        summary="cosine similarity embedding loss (x1, x2, y)",
+    ),
+    LossInfo(
+        "triplet_margin",
+        _TORCH + "TripletMarginLoss",
+        ("triplet", "TripletMarginLoss"),
+        checks=(_gt0("p"), _gt0("eps")),
+        summary="triplet loss with a p-norm distance",
+    ),
+    LossInfo(
+        "triplet_margin_with_distance",
+        _TORCH + "TripletMarginWithDistanceLoss",
+        ("triplet_with_distance", "TripletMarginWithDistanceLoss"),
+        callable_kwargs=("distance_function",),
+        checks=(_gt0("margin"),),
+        summary="triplet loss with any distance (dotted path to a callable)",
+    ),
     # -- sequences ------------------------------------------------------------------------------
-    LossInfo("ctc", _TORCH + "CTCLoss", ("connectionist_temporal_classification", "CTCLoss"),
-             checks=(_ge0("blank"),), summary="connectionist temporal classification"),
+    LossInfo(
+        "ctc",
+        _TORCH + "CTCLoss",
+        ("connectionist_temporal_classification", "CTCLoss"),
+        checks=(_ge0("blank"),),
+        summary="connectionist temporal classification",
+    ),
     # -- this package ---------------------------------------------------------------------------
-    LossInfo("focal", _OWN + "FocalLoss", ("focal_loss", "multiclass_focal", "FocalLoss", "softmax_focal"),
-             checks=(_ge0("gamma"), _unit("label_smoothing"), Check("alpha", _alpha_classes,
-                     "null or a non-empty list of per-class weights >= 0")),
-             summary="multi-class focal loss on logits with class targets (Lin et al. 2017)"),
-    LossInfo("binary_focal", _OWN + "BinaryFocalLoss", ("sigmoid_focal", "binary_focal_loss", "BinaryFocalLoss"),
-             checks=(_ge0("gamma"), Check("alpha", _alpha_binary, "null or a number in [0, 1]")),
-             summary="binary / multi-label focal loss on logits (Lin et al. 2017)"),
-    LossInfo("dice", _OWN + "DiceLoss", ("dice_loss", "multiclass_dice", "soft_dice", "DiceLoss"),
-             checks=(_ge0("smooth"), Check("ignore_index", _optional_int, "an integer or null")),
-             summary="soft multi-class Dice loss on logits (softmax over dim 1)"),
-    LossInfo("binary_dice", _OWN + "BinaryDiceLoss", ("binary_dice_loss", "BinaryDiceLoss"),
-             checks=(_ge0("smooth"), Check("ignore_index", _optional_int, "an integer or null")),
-             summary="soft binary Dice loss on logits (sigmoid)"),
-    LossInfo("weighted_sum", _OWN + "WeightedSumLoss", ("weighted", "composite", "WeightedSumLoss"),
-             composite=True, summary="sum of losses, each scaled by its `coef`"),
-    LossInfo("uncertainty_weighted", _OWN + "UncertaintyWeightedLoss",
-             ("uncertainty", "kendall", "multitask_uncertainty", "UncertaintyWeightedLoss"),
-             composite=True, summary="multi-task losses weighted by learned log-variances (Kendall et al. 2018)"),
+    LossInfo(
+        "focal",
+        _OWN + "FocalLoss",
+        ("focal_loss", "multiclass_focal", "FocalLoss", "softmax_focal"),
+        checks=(
+            _ge0("gamma"),
+            _unit("label_smoothing"),
+            Check("alpha", _alpha_classes, "null or a non-empty list of per-class weights >= 0"),
+        ),
+        summary="multi-class focal loss on logits with class targets (Lin et al. 2017)",
+    ),
+    LossInfo(
+        "binary_focal",
+        _OWN + "BinaryFocalLoss",
+        ("sigmoid_focal", "binary_focal_loss", "BinaryFocalLoss"),
+        checks=(_ge0("gamma"), Check("alpha", _alpha_binary, "null or a number in [0, 1]")),
+        summary="binary / multi-label focal loss on logits (Lin et al. 2017)",
+    ),
+    LossInfo(
+        "dice",
+        _OWN + "DiceLoss",
+        ("dice_loss", "multiclass_dice", "soft_dice", "DiceLoss"),
+        checks=(_ge0("smooth"), Check("ignore_index", _optional_int, "an integer or null")),
+        summary="soft multi-class Dice loss on logits (softmax over dim 1)",
+    ),
+    LossInfo(
+        "binary_dice",
+        _OWN + "BinaryDiceLoss",
+        ("binary_dice_loss", "BinaryDiceLoss"),
+        checks=(_ge0("smooth"), Check("ignore_index", _optional_int, "an integer or null")),
+        summary="soft binary Dice loss on logits (sigmoid)",
+    ),
+    LossInfo(
+        "weighted_sum",
+        _OWN + "WeightedSumLoss",
+        ("weighted", "composite", "WeightedSumLoss"),
+        composite=True,
+        summary="sum of losses, each scaled by its `coef`",
+    ),
+    LossInfo(
+        "uncertainty_weighted",
+        _OWN + "UncertaintyWeightedLoss",
+        ("uncertainty", "kendall", "multitask_uncertainty", "UncertaintyWeightedLoss"),
+        composite=True,
+        checks=(
+            Check(
+                "tasks",
+                _task_kinds,
+                "null or a list with one of null, 'regression', 'classification' per task",
+            ),
+            Check("num_tasks", lambda v: v is None or (_optional_int(v) and v > 0), "a positive integer"),
+            Check("init_log_var", _number, "a finite number"),
+        ),
+        summary="multi-task losses weighted by learned log-variances (Kendall et al. 2018)",
+    ),
 )
 
 for _info in _BUILTINS:
     register_loss(_info)
-

@@ -39,6 +39,17 @@ class ScheduledLR(LambdaLR):
         self.momentum_fn = momentum
         super().__init__(optimizer, fn)
 
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        # Groups usually share one ScheduleFn: evaluate it once per step, not once per group.
+        factors: dict[int, float] = {}
+        out = []
+        for fn, base in zip(self.lr_lambdas, self.base_lrs):
+            key = id(fn)
+            if key not in factors:
+                factors[key] = fn(self.last_epoch)
+            out.append(base * factors[key])
+        return out
+
     def step(self, epoch: int | None = None) -> None:  # type: ignore[override]
         super().step(epoch)
         if self.momentum_fn is not None:

@@ -97,7 +97,7 @@ def step_decay(t: int, n: int, floor: float, step_size: int = 1, gamma: float = 
 
 
 def multistep(t: int, n: int, floor: float, milestones: tuple[int, ...] = (), gamma: float = 0.1) -> float:
-    return max(floor, gamma ** bisect.bisect_right(list(milestones), t))
+    return max(floor, gamma ** bisect.bisect_right(milestones, t))
 
 
 def exponential(t: int, n: int, floor: float, gamma: float = 1.0) -> float:
