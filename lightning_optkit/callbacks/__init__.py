@@ -1,0 +1,36 @@
+"""Trainer callbacks, usable with or without OptimMixin.
+
+One module per callback; the names are imported on first use so that a callback's module (and
+what it needs) loads only when it is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_MODULES = {
+    "GradNormMonitor": "._grad_norm",
+    "NonFiniteGuard": "._nonfinite",
+    "AutoClip": "._autoclip",
+    "TrainingDoctor": "._doctor",
+    "LRFinder": "._lr_finder",
+    "EarlyStopping": "._early_stopping",
+    "Checkpoint": "._checkpoint",
+}
+
+__all__ = sorted(_MODULES)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lightning_optkit.callbacks' has no attribute {name!r}; "
+                             f"available: {', '.join(__all__)}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
