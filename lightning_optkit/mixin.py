@@ -145,7 +145,7 @@ def build_optimizers(
         if block.scheduler is not None:
             assert length is not None
             schedulers.extend(build_scheduler(block, optimizer, length, prefix, name=label))
-        lines += format_groups(plans, f"{label.removeprefix('lr-')} ({len(plans)} groups):")
+        lines += format_groups(plans, f"{label.removeprefix('lr-')} ({len(plans)} group{'s' * (len(plans) != 1)}):")
     if len(blocks) > 1:
         left = [n for n, p in module.named_parameters() if p.requires_grad and n not in taken]
         if left:

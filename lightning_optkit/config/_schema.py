@@ -217,7 +217,7 @@ class OptimConfig(BaseModel):
             if self.optimizer is not None:
                 raise ValueError("either 'optimizer' or 'optimizers' (a list of blocks), not both")
             if not self.optimizers:
-                raise ValueError("'optimizers' needs at least one block")
+                raise ValueError("at least one block in 'optimizers'")
         elif self.optimizer is None:
             raise ValueError("an 'optimizer' block (e.g. {name: adamw, lr: 3.0e-4})")
         return self
@@ -284,12 +284,12 @@ def _walk(data: Any, loc: tuple[Any, ...]) -> tuple[list[str | int], Any, bool]:
         if (isinstance(node, dict) and isinstance(part, str) and part in node) or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
             path.append(part)
             node = node[part]
-        elif isinstance(part, str) and isinstance(node, dict) and part.isidentifier() and not part[0].isupper():
+        elif (isinstance(part, str) and isinstance(node, dict) and part.isidentifier() and not part[0].isupper()
+              and "[" not in part and part not in ("str", "list", "int", "float", "function-after")):
             # a missing key: name it, there is no value
-            if "[" not in part and part not in ("str", "list", "int", "float", "function-after"):
-                path.append(part)
-                found = False
-                break
+            path.append(part)
+            found = False
+            break
     return path, node, found
 
 
@@ -302,6 +302,14 @@ def _to_config_error(exc: ValidationError, data: Any) -> ConfigError:
     # Prefer the most specific error (deepest location), pydantic lists one per union branch.
     err = max(errors, key=lambda e: len(e["loc"]))
     kind = err["type"]
+    if not err["loc"] and isinstance(data, dict):
+        # OptimConfig's own check (optimizer vs optimizers): name the key, not the whole config
+        msg = err["msg"].removeprefix("Value error, ")
+        if data.get("optimizers") is not None:
+            return ConfigError("optimizers", data["optimizers"], msg)
+        if "optimizer" in data:
+            return ConfigError("optimizer", data["optimizer"], msg)
+        return ConfigError("optimizer", expected=msg)
     parts, node, found = _walk(data, tuple(err["loc"]))
     path = _dotted(parts)
     if kind == "extra_forbidden":

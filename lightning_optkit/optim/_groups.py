@@ -217,8 +217,10 @@ def build_param_groups(
         raise ConfigError(f"{prefix}param_groups", None, "at least one trainable parameter left for the optimizer",
                           hint="every parameter is frozen or already owned by another optimizer")
 
+    if info.sparse_only:
+        _check_sparse(module, trainable, info, block.optimizer.name, prefix)
     opt_kwargs = {**info.defaults, **block.optimizer.kwargs}
-    _check_rule_options(info, block, opt_kwargs, prefix)
+    _check_options(info, block, opt_kwargs, prefix, trainable[0][1])
     base_wd = opt_kwargs.get("weight_decay", _signature_default(info, "weight_decay"))
     if block.no_weight_decay not in ("auto", "none"):
         _check_no_decay_globs(module, block.no_weight_decay, f"{prefix}no_weight_decay")
@@ -268,6 +270,20 @@ def build_param_groups(
     return groups
 
 
+def _check_sparse(module: nn.Module, trainable: Sequence[tuple[str, nn.Parameter]], info: OptimInfo,
+                  name: str, prefix: str) -> None:
+    """SparseAdam steps only on sparse gradients: every parameter must come from a sparse embedding."""
+    sparse = {id(p) for m in module.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse
+              for p in m.parameters(recurse=False)}
+    dense = [n for n, p in trainable if id(p) not in sparse]
+    if dense:
+        raise ConfigError(f"{prefix}optimizer.name", name,
+                          f"an optimizer for dense gradients: {info.cls.__name__} takes only parameters of "
+                          f"nn.Embedding(sparse=True), not {', '.join(dense[:3])}{'...' if len(dense) > 3 else ''}",
+                          hint="give the dense parameters their own optimizer in an `optimizers:` list "
+                               "(e.g. params: 'embed.*' with sparseadam, params: '*' with adamw), or freeze them")
+
+
 def _shared_hint(module: nn.Module, globs: str | Sequence[str]) -> str:
     """A hint when the globs match only the second name of a shared (tied) parameter."""
     first: dict[int, str] = {}
@@ -289,33 +305,43 @@ def _check_no_decay_globs(module: nn.Module, globs: Sequence[str], path: str) ->
                               suggestions=did_you_mean(pat, ["auto", "none"]) or _similar(pat, names))
 
 
-def _check_rule_options(info: OptimInfo, block: OptimBlock, opt_kwargs: dict[str, Any], prefix: str) -> None:
-    """Per-group optimizer options (``betas``, ``momentum``...) pass torch's own checks.
+def _check_options(
+    info: OptimInfo, block: OptimBlock, opt_kwargs: dict[str, Any], prefix: str, like: nn.Parameter
+) -> None:
+    """The optimizer's keyword arguments, and each rule's options, pass torch's own checks.
 
     torch validates only the constructor's defaults, not the options of each parameter group, so a
-    bad ``betas`` in a rule would otherwise surface as a TypeError inside ``optimizer.step()``. Each
-    rule's options are tried as defaults on a throw-away optimizer over a dummy 2-D tensor.
+    bad ``betas`` in a rule would otherwise surface as a TypeError inside ``optimizer.step()``; and
+    some bad defaults raise errors other than ValueError (``betas: [0.9]`` is an IndexError). Each is
+    tried on a throw-away optimizer over a 2-D tensor on the model's device, and the key that fails
+    is named (``optimizer.betas``, ``param_groups.1.momentum``). Only torch's own classes are probed:
+    a custom optimizer's constructor may have side effects.
     """
+    if not info.cls.__module__.startswith("torch.optim"):
+        return
     import torch
 
-    def probe(options: dict[str, Any]) -> Exception | None:
+    def probe(kwargs: dict[str, Any]) -> Exception | None:
+        dummy = torch.zeros(2, 2, device=like.device, dtype=like.dtype, requires_grad=True)
         try:
-            info.cls([torch.zeros(2, 2, requires_grad=True)], lr=block.optimizer.lr, **{**opt_kwargs, **options})
-        except (TypeError, ValueError, RuntimeError, IndexError, KeyError) as exc:
+            info.cls([dummy], lr=block.optimizer.lr, **kwargs)
+        except (TypeError, ValueError, RuntimeError, IndexError, KeyError, AttributeError) as exc:
             return exc
         return None
 
-    rules = [(i, r) for i, r in enumerate(block.param_groups) if r.kwargs and not r.frozen]
-    if not rules or probe({}) is not None:  # a bad optimizer-level value is reported at `optimizer`
-        return
-    for i, rule in rules:
-        exc = probe(rule.kwargs)
-        if exc is None:
-            continue
-        key = next((k for k, v in rule.kwargs.items() if probe({k: v}) is not None), None)
-        path = f"{prefix}param_groups.{i}" + (f".{key}" if key else "")
-        raise ConfigError(path, rule.kwargs[key] if key else rule.kwargs,
-                          f"a value {info.cls.__name__} accepts ({exc})")
+    def fail(path: str, given: dict[str, Any], base: dict[str, Any], exc: Exception) -> ConfigError:
+        key = next((k for k, v in given.items() if probe({**base, k: v}) is not None), None)
+        return ConfigError(path + (f".{key}" if key else ""), given[key] if key else given,
+                           f"a value {info.cls.__name__} accepts ({exc})")
+
+    exc = probe(opt_kwargs)
+    if exc is not None:
+        raise fail(f"{prefix}optimizer", block.optimizer.kwargs, dict(info.defaults), exc)
+    for i, rule in enumerate(block.param_groups):
+        if rule.kwargs and not rule.frozen:
+            exc = probe({**opt_kwargs, **rule.kwargs})
+            if exc is not None:
+                raise fail(f"{prefix}param_groups.{i}", rule.kwargs, opt_kwargs, exc)
 
 
 def _dedupe_labels(groups: list[GroupPlan]) -> None:
