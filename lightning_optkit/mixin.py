@@ -146,7 +146,7 @@ def build_optimizers(
             assert length is not None
             schedulers.extend(build_scheduler(block, optimizer, length, prefix, name=label))
         lines += format_groups(plans, f"{label.removeprefix('lr-')} ({len(plans)} group{'s' * (len(plans) != 1)}):")
-    if len(blocks) > 1:
+    if cfg.optimizers is not None:
         left = [n for n, p in module.named_parameters() if p.requires_grad and n not in taken]
         if left:
             raise ConfigError("optimizers", [b.params for _, b in blocks],

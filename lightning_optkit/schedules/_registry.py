@@ -92,12 +92,12 @@ SCHEDULES: dict[str, ScheduleInfo] = {
                      summary="linear warm-up, half-cosine decay to the floor at the last step"),
         ScheduleInfo(
             "cosine_restarts",
-            {**_WARMUP_START, "cycle": ("25%", _duration), "cycle_mult": (1.0, _num(0.0, None, hi_open=True)),
+            {**_WARMUP_START, "cycle": ("25%", _duration), "cycle_mult": (1.0, _num(0.0, 100.0)),
              "peak_decay": (1.0, _num(0.0, 1.0))},
             aliases=("sgdr", "cosine_warm_restarts"), summary="SGDR cosine cycles",
         ),
         ScheduleInfo("linear", dict(_WARMUP_START), aliases=("linear_decay",), summary="linear decay"),
-        ScheduleInfo("polynomial", {**_WARMUP_START, "power": (1.0, _num(0.0))}, aliases=("poly",),
+        ScheduleInfo("polynomial", {**_WARMUP_START, "power": (1.0, _num(0.0, 100.0))}, aliases=("poly",),
                      summary="(1 - progress) ** power, as HuggingFace's polynomial decay"),
         ScheduleInfo("inverse_sqrt", {**_WARMUP_START, "timescale": (None, _num(0.0))}, aliases=("rsqrt",),
                      summary="1/sqrt decay after the warm-up, as HuggingFace's"),
@@ -106,10 +106,10 @@ SCHEDULES: dict[str, ScheduleInfo] = {
             {**_WARMUP_START, "decay": ("10%", _duration), "decay_shape": ("linear", _choice("linear", "cosine", "sqrt"))},
             aliases=("warmup_stable_decay", "trapezoid"), summary="warm-up, stable, short decay at the end",
         ),
-        ScheduleInfo("step", {**_WARMUP_START, "step_size": (_REQUIRED, _duration), "gamma": (0.1, _num(0.0))},
+        ScheduleInfo("step", {**_WARMUP_START, "step_size": (_REQUIRED, _duration), "gamma": (0.1, _num(0.0, 1.0))},
                      aliases=("steplr",), summary="times gamma every step_size"),
         ScheduleInfo(
-            "multistep", {**_WARMUP_START, "milestones": (_REQUIRED, _durations), "gamma": (0.1, _num(0.0))},
+            "multistep", {**_WARMUP_START, "milestones": (_REQUIRED, _durations), "gamma": (0.1, _num(0.0, 1.0))},
             aliases=("multisteplr", "multi_step"), summary="times gamma at each milestone",
         ),
         ScheduleInfo("exponential", {**_WARMUP_START, "gamma": (_REQUIRED, _num(0.0, 1.0))}, aliases=("exp",),
@@ -118,8 +118,8 @@ SCHEDULES: dict[str, ScheduleInfo] = {
             "onecycle",
             {
                 "pct_start": (0.3, _num(0.0, 1.0, hi_open=True)),
-                "div_factor": (25.0, _num(0.0)),
-                "final_div_factor": (1e4, _num(0.0)),
+                "div_factor": (25.0, _num(1.0, 1e12, lo_open=False)),
+                "final_div_factor": (1e4, _num(1.0, 1e12, lo_open=False)),
                 "anneal_strategy": ("cos", _choice("cos", "linear")),
                 "three_phase": (False, _flag),
                 "cycle_momentum": ("auto", _boolish),
@@ -147,6 +147,9 @@ SCHEDULES: dict[str, ScheduleInfo] = {
     )
 }
 _ALIASES = {alias: info.name for info in SCHEDULES.values() for alias in (info.name, *info.aliases)}
+
+
+_COMMON_KEYS = ("name", "warmup", "min_lr", "min_lr_ratio", "interval", "monitor")
 
 
 def lookup(name: str) -> ScheduleInfo | None:
@@ -204,7 +207,7 @@ def validate_scheduler(cfg: OptimConfig) -> None:
                               suggestions=[_ALIASES[s] for s in did_you_mean(sched.name, names)][:1])
         for key, value in kwargs.items():
             if key not in info.settings:
-                valid = sorted(info.settings) + ["warmup", "min_lr", "min_lr_ratio", "interval", "monitor"]
+                valid = sorted(info.settings) + list(_COMMON_KEYS)
                 raise ConfigError(f"{p}.{key}", value, f"a setting of '{info.name}': {', '.join(valid)}",
                                   suggestions=did_you_mean(key, valid))
             bad = info.settings[key][1](value)
@@ -251,7 +254,7 @@ def _check_signature(cls: type, kwargs: dict[str, Any], path: str, skip: tuple[s
     for key, value in kwargs.items():
         if key not in params:
             raise ConfigError(f"{path}.{key}", value, f"an argument of {cls.__name__}: {', '.join(params)}",
-                              suggestions=did_you_mean(key, params))
+                              suggestions=did_you_mean(key, [*params, *_COMMON_KEYS]))
     missing = [n for n, p in sig.parameters.items() if n not in ("self", *skip)
                and p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
                and n not in kwargs]
