@@ -10,6 +10,7 @@ from . import optim as _optim  # noqa: F401  (registers the optimizer checks)
 from . import schedules as _schedules  # noqa: F401  (registers the schedule checks)
 from .config import ConfigError, OptimConfig, load_config
 from .losses import build_loss  # also registers the loss checks
+from .lr_finder import find_lr
 from .mixin import OptimMixin, build_optimizers
 
 __version__ = "0.1.0"
@@ -21,5 +22,6 @@ __all__ = [
     "OptimMixin",
     "build_loss",
     "build_optimizers",
+    "find_lr",
     "load_config",
 ]

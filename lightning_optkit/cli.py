@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--out", default="lr.png", metavar="PNG", help="where to write the plot (default: lr.png)")
     sched.add_argument("--log-y", action="store_true", help="logarithmic LR axis")
     sched.set_defaults(func=_cmd_schedule)
+
+    from .lr_finder import _cli as lr_find
+
+    lr_find.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,224 @@
+"""``optkit lr-find``: run an LR range test from the command line.
+
+``add_parser(subparsers)`` registers the subcommand; ``run(args)`` executes it and returns the exit
+status. Configuration mistakes raise :class:`~lightning_optkit.config.ConfigError` (the ``optkit``
+entry point prints them as one ``error:`` line, status 2).
+
+Examples::
+
+    optkit lr-find --example digits
+    optkit lr-find --example digits --set scheduler.name=onecycle --num-steps 80 --out lr_find.png
+    optkit lr-find configs/adamw_warmup_cosine.yaml --model mypkg.models.Net --data mypkg.data.DataModule \\
+        --model-args '{"hidden": 256}' --max-epochs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, load_config, parse_override
+from ._rules import DEFAULT_RULE, RULES
+
+__all__ = ["add_parser", "run"]
+
+_EPILOG = """\
+examples:
+  optkit lr-find --example digits
+  optkit lr-find --example digits --set scheduler.name=onecycle --out onecycle_lr.png
+  optkit lr-find config.yaml --model mypkg.models.Net --data mypkg.data.DataModule --max-epochs 20
+
+The sweep runs on the training data in a real Lightning Trainer and restores the model afterwards.
+It prints every rule's suggestion and the LR to configure as optimizer.lr (for a schedule with a
+peak, the peak whose mean LR equals the suggestion), writes the plot as PNG and to TensorBoard.
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number, got {text!r}")
+    return value
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``lr-find`` on an ``argparse`` subparsers object; returns its parser."""
+    p = subparsers.add_parser(
+        "lr-find", help="run an LR range test and print the suggested learning rate",
+        description="Sweep the learning rate over a short run on the training data (the model is restored "
+                    "afterwards), print every rule's suggestion and the LR to configure, and plot the curve.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", nargs="?", metavar="CONFIG",
+                   help="YAML file with the optim block (default with --example: the example's preset)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key by its dotted path (repeatable), e.g. --set scheduler.name=onecycle")
+    p.add_argument("--example", metavar="NAME", help="a built-in example: digits")
+    p.add_argument("--model", metavar="pkg.mod.Class", help="your LightningModule class (it must accept optim=)")
+    p.add_argument("--model-args", metavar="JSON", default=None, help="more keyword arguments of the model (JSON)")
+    p.add_argument("--data", metavar="pkg.mod.DataModule", help="your LightningDataModule class (with --model)")
+    p.add_argument("--data-args", metavar="JSON", default=None, help="keyword arguments of the datamodule (JSON)")
+    p.add_argument("--min-lr", type=_positive_float, default=1e-7, metavar="LR", help="first LR (default 1e-7)")
+    p.add_argument("--max-lr", type=_positive_float, default=10.0, metavar="LR", help="last LR (default 10)")
+    p.add_argument("--num-steps", type=_positive_int, default=100, metavar="N", help="optimizer steps (default 100)")
+    p.add_argument("--mode", choices=("exponential", "linear"), default="exponential", help="LR spacing")
+    p.add_argument("--rule", choices=sorted(RULES), default=DEFAULT_RULE,
+                   help=f"suggestion rule (default: {DEFAULT_RULE})")
+    p.add_argument("--val-batches", type=int, default=0, metavar="N",
+                   help="held-out batches whose loss is measured after each step (default 0)")
+    p.add_argument("--max-epochs", type=_positive_int, default=None, metavar="N",
+                   help="epochs of the real run, which sets the schedule's length (default: the example's, else 10)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    p.add_argument("--accelerator", default=None, metavar="NAME", help="cpu, gpu, auto... (default: cpu for --example)")
+    p.add_argument("--out", default="lr_find.png", metavar="PNG", help="where to write the plot (default lr_find.png)")
+    p.add_argument("--log-dir", default="optkit_runs", metavar="DIR",
+                   help="TensorBoard folder for the figure (default optkit_runs/); '' to skip")
+    p.set_defaults(func=run)
+    return p
+
+
+def _json_object(text: str | None, flag: str) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(flag, text, f"a JSON object ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(flag, text, "a JSON object such as '{\"hidden\": 64}'")
+    return value
+
+
+def _import_class(path: str, flag: str, base: type) -> type:
+    module_name, _, attr = path.rpartition(".")
+    if not module_name:
+        raise ConfigError(flag, path, "a dotted path pkg.module.Class")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except ImportError as exc:
+        raise ConfigError(flag, path, f"an importable module ({exc})") from None
+    except AttributeError:
+        raise ConfigError(flag, path, f"a class defined in {module_name}") from None
+    if not (inspect.isclass(obj) and issubclass(obj, base)):
+        raise ConfigError(flag, path, f"a subclass of {base.__module__}.{base.__qualname__}")
+    return obj
+
+
+def _build(args: argparse.Namespace) -> tuple[Any, Any, str, int]:
+    """``(model, datamodule, name, max_epochs)`` from the arguments."""
+    import lightning as L
+
+    overrides = dict(parse_override(item) for item in args.overrides)
+    if args.example and args.model:
+        raise ConfigError("--model", args.model, "nothing with --example (give one of them)")
+    if args.example:
+        from ..demo import get_example, make_example
+
+        info = get_example(args.example)
+        model, data = make_example(info.name, args.config, overrides=overrides,
+                                   model_args=_json_object(args.model_args, "--model-args"),
+                                   data_args=_json_object(args.data_args, "--data-args"))
+        return model, data, info.name, args.max_epochs or info.max_epochs
+    if not args.model:
+        raise ConfigError("--model", None, "--example digits, or CONFIG with --model pkg.mod.Class --data pkg.mod.DataModule")
+    if args.config is None:
+        raise ConfigError("CONFIG", None, "a YAML file with the optim block (with --model)")
+    if not args.data:
+        raise ConfigError("--data", None, "a LightningDataModule class pkg.mod.DataModule (with --model)")
+    optim = load_config(args.config, overrides).to_dict()
+    model_cls = _import_class(args.model, "--model", L.LightningModule)
+    model_args = _json_object(args.model_args, "--model-args")
+    if "optim" in model_args:
+        raise ConfigError("--model-args.optim", model_args["optim"], "nothing: the optim block comes from CONFIG")
+    try:
+        model = model_cls(optim=optim, **model_args)
+    except TypeError as exc:
+        raise ConfigError("--model-args", model_args, f"arguments {model_cls.__qualname__} accepts ({exc})") from None
+    data_cls = _import_class(args.data, "--data", L.LightningDataModule)
+    try:
+        data = data_cls(**_json_object(args.data_args, "--data-args"))
+    except TypeError as exc:
+        raise ConfigError("--data-args", args.data_args, f"arguments {data_cls.__qualname__} accepts ({exc})") from None
+    return model, data, model_cls.__name__, args.max_epochs or 10
+
+
+def _save_png(fig: Any, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=120)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:
+        dir_fd = os.open(out.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``optkit lr-find``; returns the exit status (0 when a suggestion was found, 1 otherwise)."""
+    import lightning as L
+
+    from ._api import find_lr
+
+    if args.val_batches < 0:
+        raise ConfigError("--val-batches", args.val_batches, "a whole number >= 0")
+    L.seed_everything(args.seed, workers=True, verbose=False)
+    model, data, name, max_epochs = _build(args)
+    accelerator = args.accelerator or ("cpu" if args.example else "auto")
+    result = find_lr(
+        model, datamodule=data, min_lr=args.min_lr, max_lr=args.max_lr, num_steps=args.num_steps, mode=args.mode,
+        rule=args.rule, val_batches=args.val_batches,
+        trainer_kwargs=dict(accelerator=accelerator, max_epochs=max_epochs, deterministic=True),
+    )
+    print(result.summary())
+    if result.recommended_lr is not None:
+        print(f"suggested: {result.reference} = {result.recommended_lr:.4g}   "
+              f"(use it with: --set {result.reference}={result.recommended_lr:.3g})")
+    fig = result.plot()
+    fig.suptitle(f"{name}: {result.schedule} schedule", fontsize=9)
+    out = Path(args.out)
+    _save_png(fig, out)
+    print(f"plot: {out}")
+    if args.log_dir:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        logger = TensorBoardLogger(save_dir=args.log_dir, name=f"lr_find-{name}", default_hp_metric=False)
+        logger.experiment.add_figure("lr_find", fig, global_step=0, close=False)
+        logger.experiment.add_text("lr_find/summary", "    " + result.summary().replace("\n", "\n    "), 0)
+        logger.finalize("success")
+        print(f"tensorboard: {logger.log_dir}")
+    return 0 if result.recommended_lr is not None else 1

@@ -1,0 +1,571 @@
+"""The range-test engine shared by :func:`find_lr` and the ``LRFinder`` callback.
+
+The test runs *beside* the fit loop, not inside it: it draws batches from its own iterator over the
+trainer's training loader(s), and for each optimizer step calls the strategy's ``training_step``,
+``backward`` and ``optimizer_step`` (so AMP, gradient clipping, DDP gradient averaging and the
+module's ``on_before_backward``/``on_after_backward``/``on_before_optimizer_step`` hooks behave as in
+training). The fit loop's counters, data iterator and scheduler are never touched, so nothing has to
+be rewound there: ``global_step``, the epoch/batch progress and the scheduler state are what they
+were. While the test runs, the trainer's callbacks are detached (they see no hook), step hooks registered on
+the optimizers are paused, and ``self.log`` calls go to a throw-away result collection (no logger
+sees them). Hooks on the model's modules and tensors still run: they are part of the model. Everything else the
+test changes is snapshot first and restored after (:mod:`._state`).
+
+Steps: with gradient accumulation ``a``, one LR per optimizer step (``a`` batches each); with manual
+optimization, one LR per ``training_step`` call (the module steps its optimizers itself).
+Under DDP the loss of each step is averaged over ranks, the stop decision is taken jointly, and
+rank 0's result is broadcast, so every rank gets the same suggestion.
+
+Lightning's ``optimizer_step``/``optimizer_zero_grad`` module hooks are bypassed during the test:
+a hook that sets the LR (a hand-written warm-up) would defeat the sweep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from ..config import ConfigError, did_you_mean
+from ._apply import LRPlan, lr_plan, schedule_profile
+from ._result import LRFinderResult
+from ._rules import DEFAULT_RULE, Curve, check_rule, noise_level, suggest_all
+from ._state import TrainingSnapshot
+
+__all__ = ["RangeTestSettings", "run_range_test", "sweep_lrs"]
+
+_MODES = ("exponential", "linear")
+_SNAPSHOTS = ("memory", "disk")
+_MAX_STEPS = 10_000
+_MIN_STEPS_BEFORE_STOP = 5
+_STEP_HOOKS = ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks")
+
+
+def _number(path: str, value: Any, *, lo: float | None = None, lo_open: bool = True, integer: bool = False,
+            expected: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(path, value, expected)
+    if integer and not float(value).is_integer():
+        raise ConfigError(path, value, expected)
+    if not math.isfinite(float(value)):
+        raise ConfigError(path, value, expected)
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise ConfigError(path, value, expected)
+
+
+@dataclass(frozen=True)
+class RangeTestSettings:
+    """The arguments of one LR range test, validated when built.
+
+    Attributes:
+        min_lr: the first LR of the sweep (> 0).
+        max_lr: the last LR of the sweep (> ``min_lr``).
+        num_steps: optimizer steps of the test (at most 10000; 100 is plenty).
+        mode: ``"exponential"`` (evenly spaced in log-LR, the default) or ``"linear"``.
+        rule: the suggestion rule whose LR is applied (see :data:`RULES`).
+        val_batches: held-out batches (from the validation loader) whose loss is measured after every
+            step, for Smith's look at the validation loss; 0 to skip.
+        divergence_threshold: stop when the smoothed loss exceeds ``threshold x`` its best value
+            (``None`` to never stop before ``max_lr``; a non-finite loss always stops).
+        beta: smoothing factor of the bias-corrected moving average (0 = no smoothing).
+        schedule_aware: scale the recommendation so that the schedule's mean LR ahead equals the
+            suggestion (see :mod:`._apply`); off: the peak is the suggestion.
+        optimizer: index of the optimizer to test when ``configure_optimizers`` returns several.
+        snapshot: ``"memory"`` (copies of the tensors in memory) or ``"disk"`` (one temporary file).
+        snapshot_dir: folder of the on-disk copy (default: the trainer's log dir or root dir).
+
+    Example:
+        >>> RangeTestSettings(min_lr=1e-6, max_lr=1.0, num_steps=50).mode
+        'exponential'
+        >>> RangeTestSettings(min_lr=1.0, max_lr=0.1)
+        Traceback (most recent call last):
+        ...
+        lightning_optkit.config._errors.ConfigError: max_lr: got 0.1; expected a finite number > min_lr (1).
+    """
+
+    min_lr: float = 1e-7
+    max_lr: float = 10.0
+    num_steps: int = 100
+    mode: str = "exponential"
+    rule: str = DEFAULT_RULE
+    val_batches: int = 0
+    divergence_threshold: float | None = 4.0
+    beta: float = 0.98
+    schedule_aware: bool = True
+    optimizer: int | None = None
+    snapshot: str = "memory"
+    snapshot_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _number("min_lr", self.min_lr, lo=0.0, expected="a finite number > 0")
+        _number("max_lr", self.max_lr, lo=float(self.min_lr), expected=f"a finite number > min_lr ({self.min_lr:g})")
+        _number("num_steps", self.num_steps, lo=2, lo_open=False, integer=True,
+                expected=f"an integer number of optimizer steps in [2, {_MAX_STEPS}]")
+        if self.num_steps > _MAX_STEPS:
+            raise ConfigError("num_steps", self.num_steps, f"an integer number of optimizer steps in [2, {_MAX_STEPS}]",
+                              hint="a range test needs ~100 steps; more only re-trains the model")
+        object.__setattr__(self, "num_steps", int(self.num_steps))
+        mode = self.mode.lower() if isinstance(self.mode, str) else self.mode
+        if mode not in _MODES:
+            raise ConfigError("mode", self.mode, "one of " + ", ".join(_MODES), suggestions=did_you_mean(self.mode, _MODES))
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "rule", check_rule(self.rule))
+        _number("val_batches", self.val_batches, lo=0, lo_open=False, integer=True,
+                expected="a whole number of held-out batches >= 0 (0: no held-out loss)")
+        object.__setattr__(self, "val_batches", int(self.val_batches))
+        if self.divergence_threshold is not None:
+            _number("divergence_threshold", self.divergence_threshold, lo=1.0,
+                    expected="a finite number > 1 (stop when the loss exceeds threshold x its best), or None")
+        _number("beta", self.beta, lo=0.0, lo_open=False, expected="a number in [0, 1) (0: no smoothing)")
+        if self.beta >= 1:
+            raise ConfigError("beta", self.beta, "a number in [0, 1) (0: no smoothing)")
+        if not isinstance(self.schedule_aware, bool):
+            raise ConfigError("schedule_aware", self.schedule_aware, "true or false")
+        if self.optimizer is not None:
+            _number("optimizer", self.optimizer, lo=0, lo_open=False, integer=True,
+                    expected="the index (>= 0) of the optimizer to test, or None")
+        snap = self.snapshot.lower() if isinstance(self.snapshot, str) else self.snapshot
+        if snap not in _SNAPSHOTS:
+            raise ConfigError("snapshot", self.snapshot, "one of " + ", ".join(_SNAPSHOTS),
+                              suggestions=did_you_mean(self.snapshot, _SNAPSHOTS))
+        object.__setattr__(self, "snapshot", snap)
+        if self.snapshot_dir is not None and not isinstance(self.snapshot_dir, (str, os.PathLike)):
+            raise ConfigError("snapshot_dir", self.snapshot_dir, "a folder path or None")
+
+
+def sweep_lrs(settings: RangeTestSettings) -> list[float]:
+    """The LR of each step: ``num_steps`` values from ``min_lr`` to ``max_lr``, both included.
+
+    Example:
+        >>> [round(v, 6) for v in sweep_lrs(RangeTestSettings(min_lr=1e-3, max_lr=1e-1, num_steps=3))]
+        [0.001, 0.01, 0.1]
+    """
+    n, lo, hi = settings.num_steps, settings.min_lr, settings.max_lr
+    if settings.mode == "linear":
+        return [lo + (hi - lo) * k / (n - 1) for k in range(n)]
+    return [lo * (hi / lo) ** (k / (n - 1)) for k in range(n)]
+
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks
+
+
+def _target(trainer: Any, settings: RangeTestSettings) -> int:
+    optimizers = trainer.optimizers
+    if not optimizers:
+        raise ConfigError("optimizer", None, "an optimizer returned by configure_optimizers to test",
+                          hint="the LR finder sweeps the LR of an optimizer; configure_optimizers returned none")
+    if settings.optimizer is None:
+        if len(optimizers) > 1:
+            names = ", ".join(f"{i}: {type(o).__name__}" for i, o in enumerate(optimizers))
+            raise ConfigError("optimizer",
+                              expected=f"the index of the optimizer to test: configure_optimizers returned "
+                                       f"{len(optimizers)} ({names})",
+                              hint="pass optimizer=<index>; the others keep their LR during the test")
+        index = 0
+    else:
+        index = int(settings.optimizer)
+        if index >= len(optimizers):
+            raise ConfigError("optimizer", settings.optimizer,
+                              f"an index below {len(optimizers)} (configure_optimizers returned {len(optimizers)})")
+    optimizer = optimizers[index]
+    if isinstance(optimizer, torch.optim.LBFGS):
+        raise ConfigError("optimizer", type(optimizer).__name__,
+                          "an optimizer that takes one step per batch: LBFGS re-evaluates the loss several times "
+                          "per step, so there is no loss-per-LR curve to read",
+                          hint="run the range test with the optimizer's first-order cousin, or pick the LR by a sweep")
+    return index
+
+
+def _check_module(module: Any) -> None:
+    if module is None:
+        raise ConfigError("model", None, "a LightningModule attached to the trainer")
+    params = inspect.signature(module.training_step).parameters
+    if "dataloader_iter" in params:
+        raise ConfigError("training_step", "training_step(self, dataloader_iter)",
+                          "training_step(self, batch, batch_idx): the range test feeds batches itself")
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def _train_loaders(trainer: Any) -> Any:
+    if trainer.train_dataloader is None:
+        trainer.fit_loop.setup_data()
+    loaders = trainer.train_dataloader
+    if loaders is None:
+        raise ConfigError("train_dataloaders", None, "training data (train_dataloaders, a datamodule or the "
+                          "module's train_dataloader()) with at least one batch",
+                          hint="check Trainer(limit_train_batches=...) is not 0")
+    return loaders
+
+
+def _val_loaders(trainer: Any) -> Any:
+    loop = trainer.fit_loop.epoch_loop.val_loop
+    if not trainer.enable_validation:
+        raise ConfigError("val_batches", None, "validation data to measure the held-out loss on",
+                          hint="give val_dataloaders (or a datamodule with val_dataloader()) and a validation_step, "
+                               "check limit_val_batches, or set val_batches=0")
+    if trainer.val_dataloaders is None:
+        state = trainer.state.stage
+        trainer.validating = True
+        try:
+            loop.setup_data()
+        finally:
+            trainer.state.stage = state
+    loaders = trainer.val_dataloaders
+    if loaders is None:
+        raise ConfigError("val_batches", None, "validation data to measure the held-out loss on",
+                          hint="give val_dataloaders (or a datamodule with val_dataloader()), or set val_batches=0")
+    return loaders
+
+
+def _flatten(loaders: Any) -> list[Any]:
+    from lightning.pytorch.utilities import CombinedLoader
+
+    if isinstance(loaders, CombinedLoader):
+        return list(loaders.flattened)
+    return list(CombinedLoader(loaders, "max_size_cycle").flattened)
+
+
+class _BatchStream:
+    """Endless batches from the trainer's training loader(s), restarting after ``limit`` batches."""
+
+    def __init__(self, loaders: Any, limit: float) -> None:
+        from lightning.pytorch.utilities import CombinedLoader
+
+        self.loader = CombinedLoader(loaders, "max_size_cycle")
+        self.limit = int(limit) if math.isfinite(limit) and limit > 0 else None
+        self.iterator: Iterator[Any] | None = None
+        self.count = 0
+
+    def next(self) -> tuple[Any, int]:
+        for _attempt in range(2):
+            if self.iterator is None or (self.limit is not None and self.count >= self.limit):
+                self.iterator = iter(self.loader)
+                self.count = 0
+            try:
+                batch, _idx, _dl = next(self.iterator)
+            except StopIteration:
+                self.iterator = None
+                continue
+            idx = self.count
+            self.count += 1
+            return batch, idx
+        raise ConfigError("train_dataloaders", None, "a training loader that yields at least one batch")
+
+
+# --------------------------------------------------------------------------------------------------
+# Isolation of the trainer while the test runs
+
+
+@contextlib.contextmanager
+def _isolated(trainer: Any, module: Any, loaders: list[Any]) -> Iterator[None]:
+    from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultCollection
+
+    epoch_loop = trainer.fit_loop.epoch_loop
+    saved_callbacks = trainer.callbacks
+    saved_results = epoch_loop._results
+    saved_fx = trainer._logger_connector._current_fx
+    saved_module_fx = module._current_fx_name
+    saved_should_stop = trainer.should_stop
+    # a loader with persistent workers keeps one iterator, which the fit loop is using: give the
+    # test its own and put the fit loop's back afterwards
+    persistent = {id(dl): (dl, dl._iterator) for dl in loaders
+                  if getattr(dl, "persistent_workers", False) and hasattr(dl, "_iterator")}
+    for dl, _it in persistent.values():
+        dl._iterator = None
+    # step hooks other callbacks put on the optimizers (gradient statistics, inf checks) must not see the test
+    hooks = [(opt, attr, getattr(opt, attr)) for opt in trainer.optimizers for attr in _STEP_HOOKS
+             if isinstance(getattr(opt, attr, None), OrderedDict)]
+    for opt, attr, _h in hooks:
+        setattr(opt, attr, OrderedDict())
+    trainer.callbacks = []
+    epoch_loop._results = _ResultCollection(training=True)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        trainer.callbacks = saved_callbacks
+        epoch_loop._results = saved_results
+        trainer._logger_connector._current_fx = saved_fx
+        module._current_fx_name = saved_module_fx
+        trainer.should_stop = saved_should_stop
+        for opt, attr, h in hooks:
+            setattr(opt, attr, h)
+        for dl, it in persistent.values():
+            mine = dl._iterator
+            if mine is not None and mine is not it:
+                with contextlib.suppress(Exception):
+                    mine._shutdown_workers()
+            dl._iterator = it
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _loss_of(output: Any, manual: bool) -> torch.Tensor | None:
+    if output is None:
+        return None
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping) and isinstance(output.get("loss"), torch.Tensor):
+        return output["loss"]
+    what = "with manual optimization, training_step must return the loss (a tensor or {'loss': tensor})" if manual \
+        else "training_step to return a loss tensor, a dict with 'loss', or None"
+    raise ConfigError("training_step", type(output).__name__, what)
+
+
+# --------------------------------------------------------------------------------------------------
+# The sweep
+
+
+@dataclass
+class _Record:
+    lrs: list[float]
+    losses: list[float]
+    val_losses: list[float] | None
+    diverged_at: int | None
+
+
+class _Sweep:
+    def __init__(self, trainer: Any, module: Any, index: int, plan: LRPlan, settings: RangeTestSettings) -> None:
+        self.trainer = trainer
+        self.module = module
+        self.strategy = trainer.strategy
+        self.optimizer = trainer.optimizers[index]
+        self.plan = plan
+        self.settings = settings
+        self.manual = not module.automatic_optimization
+        self.distributed = trainer.world_size > 1
+
+    def _training_step(self, batch: Any, batch_idx: int) -> Any:
+        self.module._current_fx_name = "training_step"
+        return self.strategy.training_step(batch, batch_idx)
+
+    def _set_lr(self, lr: float) -> None:
+        for group, ratio in zip(self.optimizer.param_groups, self.plan.ratios):
+            value = lr * ratio
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(value)
+            else:
+                group["lr"] = value
+
+    def _to_device(self, batch: Any) -> Any:
+        return self.strategy.batch_to_device(batch, dataloader_idx=0)
+
+    def _automatic_step(self, stream: _BatchStream, accumulate: int) -> torch.Tensor | None:
+        losses: list[torch.Tensor] = []
+
+        def closure() -> torch.Tensor | None:
+            for _ in range(accumulate):
+                batch, batch_idx = stream.next()
+                loss = _loss_of(self._training_step(self._to_device(batch), batch_idx), manual=False)
+                if loss is None:
+                    if self.distributed:
+                        raise RuntimeError("training_step returned None under distributed training; the LR finder "
+                                           "(like Lightning) cannot skip a step on one rank only")
+                    continue
+                self.strategy.backward(loss / accumulate, self.optimizer)
+                losses.append(loss.detach().float())
+            return torch.stack(losses).mean() if losses else None
+
+        self.optimizer.zero_grad(set_to_none=True)
+        self.strategy.optimizer_step(self.optimizer, closure, model=self.module)
+        return torch.stack(losses).mean() if losses else None
+
+    def _manual_step(self, stream: _BatchStream) -> torch.Tensor | None:
+        batch, batch_idx = stream.next()
+        loss = _loss_of(self._training_step(self._to_device(batch), batch_idx), manual=True)
+        if loss is None:
+            raise ConfigError("training_step", None,
+                              "with manual optimization, training_step must return the loss (a tensor or {'loss': tensor})",
+                              hint="the LR finder reads the loss of each step from what training_step returns")
+        return loss.detach().float()
+
+    def _held_out_loss(self, batches: list[tuple[Any, int]]) -> torch.Tensor:
+        precision = self.strategy.precision_plugin
+        values = []
+        with _eval_mode(self.module), torch.no_grad(), precision.val_step_context():
+            for batch, idx in batches:
+                self.module._current_fx_name = "training_step"
+                loss = _loss_of(self.module.training_step(batch, idx), manual=self.manual)
+                if loss is not None:
+                    values.append(loss.detach().float())
+        if not values:
+            return torch.tensor(float("nan"), device=self.strategy.root_device)
+        return torch.stack(values).mean()
+
+    def _mean_over_ranks(self, value: torch.Tensor | None) -> float:
+        if value is None:
+            return float("nan")
+        if self.distributed:
+            value = self.strategy.reduce(value.to(self.strategy.root_device), reduce_op="mean")
+        return float(value)
+
+    def run(self, train_loaders: Any, val_loaders: Any) -> _Record:
+        settings = self.settings
+        limit = self.trainer.num_training_batches
+        stream = _BatchStream(train_loaders, limit if isinstance(limit, (int, float)) else float("inf"))
+        held_out: list[tuple[Any, int]] = []
+        if val_loaders is not None:
+            val_stream = _BatchStream(_flatten(val_loaders)[0], float("inf"))
+            held_out = [(self._to_device(b), i) for b, i in (val_stream.next() for _ in range(settings.val_batches))]
+        accumulate = 1 if self.manual else _accumulation(self.trainer)
+        lrs: list[float] = []
+        losses: list[float] = []
+        val_losses: list[float] | None = [] if held_out else None
+        avg, best = 0.0, math.inf
+        threshold = settings.divergence_threshold
+        diverged_at: int | None = None
+        for k, lr in enumerate(sweep_lrs(settings)):
+            self._set_lr(lr)
+            step_loss = self._manual_step(stream) if self.manual else self._automatic_step(stream, accumulate)
+            loss = self._mean_over_ranks(step_loss)
+            lrs.append(lr)
+            losses.append(loss)
+            if val_losses is not None:
+                val_losses.append(self._mean_over_ranks(self._held_out_loss(held_out)))
+            stop = False
+            if not math.isfinite(loss):
+                stop = True
+            else:
+                avg = settings.beta * avg + (1 - settings.beta) * loss
+                smoothed = avg / (1 - settings.beta ** (k + 1))
+                if threshold is not None and k >= _MIN_STEPS_BEFORE_STOP and math.isfinite(best) \
+                        and smoothed > best + (threshold - 1) * abs(best):
+                    stop = True
+                best = min(best, smoothed)
+            if self.distributed:
+                stop = self.strategy.reduce_boolean_decision(stop, all=False)
+            if stop:
+                diverged_at = k
+                break
+        return _Record(lrs, losses, val_losses, diverged_at)
+
+
+def _accumulation(trainer: Any) -> int:
+    from ..mixin import _accumulation as accumulation_of
+
+    return max(int(accumulation_of(trainer)(int(trainer.current_epoch))), 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _snapshot_dir(trainer: Any, settings: RangeTestSettings) -> str:
+    if settings.snapshot_dir is not None:
+        return os.fspath(settings.snapshot_dir)
+    try:
+        log_dir = trainer.log_dir
+    except Exception:
+        log_dir = None
+    return os.fspath(log_dir or trainer.default_root_dir)
+
+
+def run_range_test(trainer: Any, settings: RangeTestSettings) -> LRFinderResult:
+    """Run one LR range test on ``trainer``'s module and optimizer, leaving no trace; returns the result.
+
+    The trainer must be fitting with its strategy set up (from a callback hook such as
+    ``on_fit_start`` or ``on_train_epoch_start``). Nothing is applied here: see
+    :func:`~lightning_optkit.lr_finder.apply_result`.
+    """
+    module = trainer.lightning_module
+    _check_module(module)
+    index = _target(trainer, settings)
+    optimizer = trainer.optimizers[index]
+    plan = lr_plan(module, optimizer, index)
+    train_loaders = _train_loaders(trainer)
+    flat_train = _flatten(train_loaders)
+    val_loaders = _val_loaders(trainer) if settings.val_batches > 0 else None
+    flat_val = _flatten(val_loaders) if val_loaders is not None else []
+    schedulers = [c.scheduler for c in trainer.lr_scheduler_configs]
+    snapshot = TrainingSnapshot.take(
+        module, trainer.optimizers, schedulers,
+        scaler=getattr(trainer.strategy.precision_plugin, "scaler", None),
+        loaders=[*flat_train, *flat_val],
+        where=settings.snapshot,
+        directory=_snapshot_dir(trainer, settings) if settings.snapshot == "disk" else None,
+    )
+    try:
+        with _isolated(trainer, module, [*flat_train, *flat_val]):
+            record = _Sweep(trainer, module, index, plan, settings).run(train_loaders, val_loaders)
+    finally:
+        snapshot.restore()
+    result = _result(trainer, optimizer, plan, settings, record)
+    return trainer.strategy.broadcast(result, src=0)
+
+
+def _flatness(curve: Curve) -> str:
+    """A warning when the loss barely moved against its own step-to-step noise (every rule then guesses)."""
+    start, end = curve.window()
+    imin = curve.minimum_index()
+    if imin is None or end - start < 5:
+        return ""
+    if imin - start < 4:
+        return ""
+    noise = noise_level(curve)
+    drop = float(curve.smoothed[start] - curve.smoothed[imin])
+    if drop < noise:
+        return (f"the loss barely moved (a drop of {drop:.3g} against step-to-step noise of {noise:.3g}): "
+                "every rule is guessing; look at the plot, use larger batches or more num_steps")
+    return ""
+
+
+def _result(trainer: Any, optimizer: torch.optim.Optimizer, plan: LRPlan, settings: RangeTestSettings,
+            record: _Record) -> LRFinderResult:
+    curve = Curve.from_losses(record.lrs, record.losses, settings.beta, record.diverged_at)
+    suggestions = suggest_all(curve)
+    suggestion = suggestions[settings.rule]
+    messages = []
+    if record.diverged_at is not None:
+        messages.append(f"the loss diverged at step {record.diverged_at} (lr {record.lrs[record.diverged_at]:.3g})")
+    flat = _flatness(curve)
+    if flat:
+        messages.append(flat)
+    if suggestion is None:
+        messages.append(f"no suggestion: rule '{settings.rule}' needs a descending stretch of at least 3 steps "
+                        f"before the divergence (got {curve.stop} usable steps); lower min_lr or raise "
+                        "divergence_threshold")
+    # the schedule ahead, seen through the group with the largest ratio (its LR is the reference's multiple)
+    group = max(range(len(plan.ratios)), key=lambda i: plan.ratios[i])
+    profile = schedule_profile(trainer, optimizer, group, plan.configured * plan.ratios[group])
+    factor = 1.0
+    if settings.schedule_aware and profile.mean_factor > 0:
+        factor = 1.0 / profile.mean_factor
+    recommended = None if suggestion is None else suggestion * factor
+    return LRFinderResult(
+        lrs=record.lrs,
+        losses=record.losses,
+        smoothed=[float(v) for v in curve.smoothed],
+        suggestions=suggestions,
+        rule=settings.rule,
+        recommended_lr=recommended,
+        val_losses=record.val_losses,
+        schedule=profile.kind,
+        peak_factor=factor,
+        diverged_at=record.diverged_at,
+        reference=plan.reference,
+        epoch=int(trainer.current_epoch),
+        message="; ".join(messages),
+        settings=asdict(settings),
+    )
+

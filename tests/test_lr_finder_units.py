@@ -1,0 +1,315 @@
+"""LR finder pieces without a Trainer: rules, smoothing, settings, result/plot, snapshot, schedules, config writing."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lightning_optkit.config import ConfigError, load_config
+from lightning_optkit.lr_finder import (
+    DEFAULT_RULE,
+    RULES,
+    Curve,
+    LRFinderResult,
+    RangeTestSettings,
+    TrainingSnapshot,
+    smooth,
+    suggest_all,
+    sweep_lrs,
+    write_config,
+)
+from lightning_optkit.lr_finder._apply import scale_in_place
+from lightning_optkit.lr_finder._engine import _flatness
+from lightning_optkit.lr_finder._rules import steepest, valley
+
+
+def _sigmoid_curve(n: int = 100, center: float = -2.0, diverge_at: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """A clean range-test curve: flat, a descent centred at 10**center, divergence after 10**diverge_at."""
+    lrs = np.logspace(-7, 1, n)
+    x = np.log10(lrs)
+    losses = 2.0 - 1.5 / (1.0 + np.exp(-(x - center) * 3.0)) + np.where(x > diverge_at, (x - diverge_at) * 20, 0.0)
+    return lrs, losses
+
+
+# -- smoothing and rules ------------------------------------------------------------------------------
+
+
+def test_smooth_is_bias_corrected_and_stops_at_non_finite():
+    assert smooth([3.0] * 5, beta=0.98) == pytest.approx([3.0] * 5)
+    out = smooth([1.0, 2.0, float("nan"), 1.0], beta=0.5)
+    assert out[:2] == pytest.approx([1.0, (0.25 * 1.0 + 0.5 * 2.0) / 0.75])
+    assert math.isnan(out[2]) and math.isnan(out[3])
+
+
+def test_steepest_is_taken_on_a_log_lr_axis():
+    lrs, losses = _sigmoid_curve(center=-3.0)
+    curve = Curve.from_losses(lrs, losses, beta=0.0)
+    # the inflection of the descent is at 1e-3; a slope against a linear LR axis would pick the end
+    assert steepest(curve) == pytest.approx(1e-3, rel=0.25)
+
+
+@pytest.mark.parametrize("seed", [0, 5, 6])
+def test_steepest_discounts_the_noisy_first_steps_of_the_average(seed):
+    """A gentle descent at 1e-2 under noise: a raw steepest-slope pick lands in the settling average."""
+    lrs = np.logspace(-7, 1, 100)
+    x = np.log10(lrs)
+    rng = np.random.default_rng(seed)
+    losses = 0.8 - 0.1 / (1 + np.exp(-(x + 2) * 3)) + 0.03 * rng.standard_normal(100) + np.where(x > -0.5, (x + 0.5) * 10, 0)
+    curve = Curve.from_losses(lrs, losses)
+    assert steepest(curve, z=0.0) < 1e-5
+    assert 1e-3 < steepest(curve) < 1.0
+
+
+def test_every_rule_lands_in_the_descent_of_a_clean_curve():
+    lrs, losses = _sigmoid_curve(center=-3.0)
+    out = suggest_all(Curve.from_losses(lrs, losses, beta=0.0))
+    assert set(out) == set(RULES) and DEFAULT_RULE in out
+    for name, value in out.items():
+        assert value is not None and 1e-5 < value < 3.0, name
+    assert out["minimum"] < 3.0 / 10 * 1.01  # the minimum is before the divergence at ~3, divided by 10
+
+
+def test_rules_have_no_answer_for_a_curve_that_diverges_at_once():
+    curve = Curve.from_losses([1.0, 2.0, 4.0], [1.0, float("nan"), float("nan")], diverged_at=1)
+    assert suggest_all(curve) == {name: None for name in RULES}
+
+
+def test_valley_reads_the_longest_descent():
+    lrs = np.logspace(-6, 0, 60)
+    losses = np.concatenate([np.linspace(2, 1.9, 10), [2.5], np.linspace(2.0, 0.5, 40), np.linspace(0.6, 3, 9)])
+    value = valley(Curve.from_losses(lrs, losses, beta=0.0))
+    assert lrs[11] < value < lrs[50]
+
+
+def test_flat_curves_are_flagged():
+    rng = np.random.default_rng(0)
+    lrs = np.logspace(-7, 1, 100)
+    noisy = 1.0 + 0.2 * rng.standard_normal(100)
+    assert "barely moved" in _flatness(Curve.from_losses(lrs, noisy))
+    assert _flatness(Curve.from_losses(*_sigmoid_curve())) == ""
+
+
+# -- settings -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "path", "fragment"),
+    [
+        ({"min_lr": 0.0}, "min_lr", "> 0"),
+        ({"min_lr": float("nan")}, "min_lr", "finite"),
+        ({"min_lr": 1.0, "max_lr": 0.5}, "max_lr", "> min_lr"),
+        ({"num_steps": 1}, "num_steps", "[2, 10000]"),
+        ({"num_steps": 2.5}, "num_steps", "integer"),
+        ({"num_steps": 20_000}, "num_steps", "[2, 10000]"),
+        ({"mode": "exponentail"}, "mode", "Did you mean 'exponential'"),
+        ({"rule": "stepest"}, "rule", "Did you mean 'steepest'"),
+        ({"val_batches": -1}, "val_batches", ">= 0"),
+        ({"divergence_threshold": 1.0}, "divergence_threshold", "> 1"),
+        ({"beta": 1.0}, "beta", "[0, 1)"),
+        ({"snapshot": "ram"}, "snapshot", "memory, disk"),
+        ({"optimizer": -1}, "optimizer", "index"),
+        ({"schedule_aware": "yes"}, "schedule_aware", "true or false"),
+    ],
+)
+def test_bad_settings_name_the_argument_and_what_is_valid(kwargs, path, fragment):
+    with pytest.raises(ConfigError) as info:
+        RangeTestSettings(**kwargs)
+    assert info.value.path == path
+    assert isinstance(info.value, ValueError)
+    assert fragment in str(info.value)
+
+
+def test_sweep_lrs():
+    exp = sweep_lrs(RangeTestSettings(min_lr=1e-4, max_lr=1.0, num_steps=5))
+    assert exp[0] == pytest.approx(1e-4) and exp[-1] == pytest.approx(1.0)
+    assert np.allclose(np.diff(np.log10(exp)), 1.0)
+    lin = sweep_lrs(RangeTestSettings(min_lr=0.1, max_lr=0.5, num_steps=5, mode="LINEAR"))
+    assert lin == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+
+
+# -- result and plot ------------------------------------------------------------------------------------
+
+
+def _result() -> LRFinderResult:
+    lrs, losses = _sigmoid_curve(n=40)
+    curve = Curve.from_losses(lrs, losses)
+    return LRFinderResult(lrs=list(lrs), losses=list(losses), smoothed=list(curve.smoothed),
+                          suggestions=suggest_all(curve), rule=DEFAULT_RULE, recommended_lr=0.02,
+                          val_losses=[float("nan")] + list(losses[1:]), schedule="onecycle", peak_factor=2.0,
+                          diverged_at=39)
+
+
+def test_result_round_trips_through_json_safe_dicts():
+    import json
+
+    r = _result()
+    data = json.loads(json.dumps(r.to_dict()))
+    back = LRFinderResult.from_dict(data)
+    assert back.suggestions == r.suggestions and back.diverged_lr == r.lrs[39]
+    assert math.isnan(back.val_losses[0]) and back.val_losses[1:] == r.val_losses[1:]
+    assert "onecycle" in r.summary() and "<- default" in r.summary()
+
+
+def test_plot_is_a_valid_png_with_every_rule_marked():
+    import matplotlib.image
+
+    r = _result()
+    fig = r.plot()
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert all(any(lbl.startswith(name) for lbl in labels) for name, v in r.suggestions.items() if v is not None)
+    assert any("onecycle peak" in lbl for lbl in labels) and any("diverged" in lbl for lbl in labels)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    data = buf.getvalue()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(io.BytesIO(data), format="png")
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+# -- snapshot -------------------------------------------------------------------------------------------
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.2))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def _state(net: nn.Module, opt: torch.optim.Optimizer) -> dict:
+    return {
+        "tensors": {k: v.clone() for k, v in net.state_dict().items()},
+        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in net.named_parameters()},
+        "opt": copy.deepcopy(opt.state_dict()),
+        "rng": (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()),
+        "modes": [m.training for m in net.modules()],
+    }
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a["tensors"].keys() == b["tensors"].keys()
+    for k in a["tensors"]:
+        assert torch.equal(a["tensors"][k], b["tensors"][k]), k
+    for k in a["grads"]:
+        assert (a["grads"][k] is None) == (b["grads"][k] is None), k
+        if a["grads"][k] is not None:
+            assert torch.equal(a["grads"][k], b["grads"][k]), k
+    assert a["opt"]["param_groups"] == b["opt"]["param_groups"]
+    assert a["opt"]["state"].keys() == b["opt"]["state"].keys()
+    for p, st in a["opt"]["state"].items():
+        for key, value in st.items():
+            other = b["opt"]["state"][p][key]
+            assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
+    assert a["rng"][0] == b["rng"][0] and np.array_equal(a["rng"][1], b["rng"][1])
+    assert torch.equal(a["rng"][2], b["rng"][2])
+    assert a["modes"] == b["modes"]
+
+
+def _train(net: nn.Module, opt: torch.optim.Optimizer, steps: int, lr: float | None = None) -> None:
+    for _ in range(steps):
+        if lr is not None:
+            for g in opt.param_groups:
+                g["lr"] = lr
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(torch.randn(16, 4)), torch.randint(0, 2, (16,))).backward()
+        opt.step()
+    random.random()
+    np.random.rand()
+
+
+@pytest.mark.parametrize("where", ["memory", "disk"])
+def test_snapshot_restores_bitwise_and_removes_its_file(tmp_path, where):
+    torch.manual_seed(0)
+    net = _net = _Net()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    _train(net, opt, 3)  # optimizer state exists, grads are set
+    before = _state(net, opt)
+    snap = TrainingSnapshot.take(net, [opt], where=where, directory=tmp_path)
+    if where == "disk":
+        assert len(list(tmp_path.iterdir())) == 1
+    net.eval()
+    _train(net, opt, 5, lr=10.0)  # wreck everything (NaNs likely)
+    net.body[1].running_mean = torch.zeros(8)  # a replaced buffer object
+    snap.restore()
+    _assert_same(before, _state(net, opt))
+    assert list(tmp_path.iterdir()) == []
+    # the optimizer still steps the very same parameter objects
+    assert all(p is q for p, q in zip(opt.param_groups[0]["params"], net.parameters()))
+    del _net
+
+
+def test_snapshot_restores_after_an_exception_and_forgets_new_optimizer_state():
+    torch.manual_seed(0)
+    net = _Net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    before = _state(net, opt)
+    with pytest.raises(RuntimeError, match="boom"):
+        snap = TrainingSnapshot.take(net, [opt])
+        try:
+            _train(net, opt, 2)
+            raise RuntimeError("boom")
+        finally:
+            snap.restore()
+    assert len(opt.state) == 0
+    _assert_same(before, _state(net, opt))
+
+
+def test_snapshot_restores_torchmetrics_state():
+    from torchmetrics.classification import MulticlassAccuracy
+
+    net = nn.Module()
+    net.acc = MulticlassAccuracy(num_classes=3)
+    net.acc.update(torch.tensor([0, 1]), torch.tensor([0, 2]))
+    value = float(net.acc.compute())
+    snap = TrainingSnapshot.take(net, [])
+    net.acc.update(torch.tensor([1, 1, 1]), torch.tensor([1, 1, 1]))
+    snap.restore()
+    assert float(net.acc.compute()) == value
+
+
+# -- schedules and config writing ----------------------------------------------------------------------------
+
+
+def test_scale_in_place_keeps_ratios_and_scales_torch_onecycle():
+    p1, p2 = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [p1], "lr": 0.1}, {"params": [p2], "lr": 0.01}], lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[1.0, 0.1], total_steps=20)
+    twin_opt = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))]}, {"params": [nn.Parameter(torch.zeros(1))]}],
+                               lr=0.1, momentum=0.9)
+    twin = torch.optim.lr_scheduler.OneCycleLR(twin_opt, max_lr=[3.0, 0.3], total_steps=20)
+    scale_in_place(opt, [sched], 3.0)
+    for _ in range(10):
+        opt.step()
+        sched.step()
+        twin_opt.step()
+        twin.step()
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([g["lr"] for g in twin_opt.param_groups])
+
+
+def test_write_config_keeps_every_ratio(tmp_path):
+    class M(nn.Module):
+        def get_optim_config(self):
+            return load_config(self.optim_config)
+
+    m = M()
+    m.optim_config = {
+        "optimizer": {"name": "adamw", "lr": 1e-3},
+        "param_groups": [{"params": "backbone.*", "lr_scale": 0.1}, {"params": "head.*", "lr": 5e-3}],
+        "scheduler": {"name": "warmup_cosine", "min_lr": 1e-5},
+    }
+    new = write_config(m, 0, 4e-3)
+    assert new.optimizer.lr == 4e-3
+    assert new.param_groups[0].lr_scale == 0.1
+    assert new.param_groups[1].lr == pytest.approx(2e-2)
+    assert new.scheduler.min_lr == pytest.approx(4e-5)
+    assert isinstance(m.optim_config, dict) and m.optim_config["optimizer"]["lr"] == 4e-3
