@@ -1,0 +1,726 @@
+"""Checkpoint: atomic, verifiable checkpoints with top-k, ``last`` at every save, async writing, exact resume."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import sys
+import time
+import warnings
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Checkpoint as _LightningCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from ..config import ConfigError, did_you_mean
+from ._ckpt_resume import capture_rng, fast_forward, restore_rng, stateful_loaders
+from ._ckpt_store import (
+    AsyncWriter,
+    CheckpointStore,
+    HostSnapshot,
+    SaveJob,
+    SaveStats,
+    candidates,
+    latest_valid,
+    verify,
+    write_emergency,
+)
+
+__all__ = ["Checkpoint"]
+
+_PLACEHOLDER = re.compile(r"\{([^{}:]+)(:[^{}]*)?\}")
+_EXT = ".ckpt"
+_SHARDED = ("FSDP", "DeepSpeed", "ModelParallel")
+# Lightning warns that a mid-epoch resume of a plain DataLoader is unreliable; with the fast-forward
+# below it is exact, so the warning is silenced between on_train_start and the first batch of a resume.
+_LIGHTNING_RESUME_WARNING = r"You're resuming from a checkpoint that ended before the epoch ended"
+_DEFAULT_FLAGS = {"save_last": True, "async_save": False, "fsync": True, "save_on_exception": True,
+                  "restore_rng": True}
+
+
+def _positive_or_none(name: str, value: Any, *, allow_zero: bool = True) -> int | None:
+    if value is None:
+        return None
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"Checkpoint.{name}", value, f"None or an integer >= {low}",
+                          hint=f"Checkpoint({name}=1) saves every {name.split('_')[-1].rstrip('s')}")
+    return value
+
+
+class _FirstFetch:
+    """Stands in for the fit loop's data iterator until the first batch of a resumed run is fetched."""
+
+    def __init__(self, callback: Checkpoint, trainer: pl.Trainer, inner: Any) -> None:
+        self.callback, self.trainer, self.inner = callback, trainer, inner
+
+    def __iter__(self) -> _FirstFetch:
+        return self
+
+    def __next__(self) -> Any:
+        fetcher = self.trainer.fit_loop._data_fetcher
+        if fetcher is not None and fetcher.iterator is self:
+            fetcher.iterator = self.inner
+        self.callback._on_first_fetch(self.trainer)
+        return next(self.inner)
+
+
+class Checkpoint(_LightningCheckpoint):
+    """Checkpoints that survive crashes: atomic files, a verified manifest, ``last`` at every save.
+
+    Every save writes the checkpoint to a temporary file in the target folder, fsyncs it, renames
+    it into place and fsyncs the folder; ``last.ckpt`` is re-pointed at it (a hard link) at every
+    save event, whether or not the file made the top-k; then ``checkpoints.json`` (file, epoch,
+    step, metric, sha256, hash of the resolved optim config) is replaced atomically. A process
+    killed at any moment leaves only complete files under their final names, and
+    :meth:`latest_valid` returns the newest one whose checksum still verifies, for ``ckpt_path=``.
+
+    Saves happen every ``every_n_epochs`` epochs (the default, 1), every ``every_n_train_steps``
+    optimizer steps and/or every ``train_time_interval``. With ``monitor`` the ``save_top_k``
+    best by that metric are kept (reduced over ranks, so every rank agrees); without it, the
+    ``save_top_k`` newest. A step or time save that falls on a batch after which validation runs is
+    taken after that validation, so the checkpoint holds the validation's effects (early-stopping
+    counters, plateau steps) and the resume does not skip them.
+
+    With ``async_save=True`` the training loop only waits for the checkpoint to be copied to host
+    memory (buffers are reused between saves, so this costs a memory copy of the checkpoint); a
+    background thread serializes, hashes, writes and fsyncs. One write is in flight at a time.
+
+    Each checkpoint also carries the random states of every rank and of the start of the epoch, and
+    a resumed run fast-forwards the training loader to the saved batch, so resuming in the middle of
+    an epoch repeats the uninterrupted run exactly for map-style datasets (any sampler whose order
+    depends on the epoch and the global random state, ``shuffle=True`` included). Loaders with their
+    own ``state_dict`` (torchdata's ``StatefulDataLoader``) are restored by Lightning instead.
+
+    On an exception each rank that sees it writes ``emergency-rank<r>-epoch=<e>-step=<s>.ckpt``
+    with a ``.sha256`` sidecar, without any collective call, so a failure on one rank cannot hang
+    the others. Emergency files are a salvage copy taken mid-step; :meth:`latest_valid` considers
+    them only with ``include_emergency=True``.
+
+    Checkpoints load with ``torch.load(..., weights_only=True)`` (what Lightning does by default),
+    and :meth:`load` verifies the checksum first.
+
+    Args:
+        dirpath: folder for the files (default: ``<log_dir or default_root_dir>/checkpoints``).
+        filename: name template without extension: ``{epoch}``, ``{step}`` and logged metrics, with
+            an optional format spec (``"{epoch}-{val_loss:.3f}"``).
+        monitor: metric that ranks checkpoints for ``save_top_k``; None keeps the newest.
+        mode: ``"min"`` or ``"max"``.
+        save_top_k: how many named checkpoints to keep (-1: all, 0: none, only ``last``).
+        save_last: write ``last.ckpt`` at every save event.
+        every_n_epochs: save every N epochs (default 1 when no other trigger is given; 0 = off).
+        every_n_train_steps: save every N optimizer steps (0 or None = off).
+        train_time_interval: save when this much time (``timedelta`` or seconds) has passed.
+        save_on_train_epoch_end: take epoch saves at the end of the training epoch (True) or after
+            validation (False); None decides as Lightning does (after the epoch when validation runs
+            once per epoch at its end or not at all).
+        async_save: write on a background thread; the loop waits only for the copy to host memory.
+        fsync: fsync files and folder (durable across power loss); False keeps crash-atomicity only.
+        save_on_exception: write an emergency checkpoint on each rank that sees an exception.
+        restore_rng: save and restore random states for exact resume.
+        verbose: print a line for each save.
+
+    Example:
+        >>> import lightning as L
+        >>> ckpt = Checkpoint(monitor="val_loss", save_top_k=2, every_n_train_steps=500, async_save=True)
+        >>> trainer = L.Trainer(callbacks=[ckpt], logger=False)  # doctest: +SKIP
+        >>> trainer.fit(model, ckpt_path=Checkpoint.latest_valid("lightning_logs/checkpoints"))  # doctest: +SKIP
+    """
+
+    FILE_EXTENSION = _EXT
+    LAST_NAME = "last"
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike[str] | None = None,
+        filename: str = "epoch={epoch}-step={step}",
+        monitor: str | None = None,
+        mode: str = "min",
+        save_top_k: int = 1,
+        save_last: bool = True,
+        every_n_epochs: int | None = None,
+        every_n_train_steps: int | None = None,
+        train_time_interval: timedelta | float | None = None,
+        save_on_train_epoch_end: bool | None = None,
+        async_save: bool = False,
+        fsync: bool = True,
+        save_on_exception: bool = True,
+        restore_rng: bool = True,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__()
+        if mode not in ("min", "max"):
+            raise ConfigError("Checkpoint.mode", mode, "'min' or 'max'", suggestions=did_you_mean(mode, ["min", "max"]),
+                              hint="mode='min' for a loss, mode='max' for an accuracy")
+        if isinstance(save_top_k, bool) or not isinstance(save_top_k, int) or save_top_k < -1:
+            raise ConfigError("Checkpoint.save_top_k", save_top_k, "an integer >= -1 (-1 keeps all, 0 keeps none)",
+                              hint="save_top_k=3 keeps the three best by `monitor`")
+        if monitor is not None and (not isinstance(monitor, str) or not monitor):
+            raise ConfigError("Checkpoint.monitor", monitor, "None or the name of a logged metric",
+                              hint="Checkpoint(monitor='val_loss') with self.log('val_loss', ...) in validation_step")
+        if not isinstance(filename, str) or not filename or "/" in filename or "\\" in filename:
+            raise ConfigError("Checkpoint.filename", filename, "a file name template without folders",
+                              hint="put folders in dirpath; e.g. filename='{epoch}-{val_loss:.3f}'")
+        if filename.endswith(_EXT):
+            filename = filename[: -len(_EXT)]
+        if filename == self.LAST_NAME or filename.startswith("emergency-"):
+            raise ConfigError("Checkpoint.filename", filename, "a template other than the reserved names "
+                              "'last' and 'emergency-*'", hint="e.g. filename='epoch={epoch}-step={step}'")
+        self.every_n_epochs = _positive_or_none("every_n_epochs", every_n_epochs)
+        self.every_n_train_steps = _positive_or_none("every_n_train_steps", every_n_train_steps)
+        if isinstance(train_time_interval, timedelta):
+            interval: float | None = train_time_interval.total_seconds()
+        elif train_time_interval is None:
+            interval = None
+        elif isinstance(train_time_interval, (int, float)) and not isinstance(train_time_interval, bool):
+            interval = float(train_time_interval)
+        else:
+            interval = -1.0
+        if interval is not None and not (interval > 0 and math.isfinite(interval)):
+            raise ConfigError("Checkpoint.train_time_interval", train_time_interval,
+                              "None, a positive number of seconds or a datetime.timedelta",
+                              hint="train_time_interval=timedelta(minutes=30)")
+        self.train_time_interval = interval
+        if self.every_n_epochs is None and not self.every_n_train_steps and interval is None:
+            self.every_n_epochs = 1
+        for name, value in (("save_last", save_last), ("async_save", async_save), ("fsync", fsync),
+                            ("save_on_exception", save_on_exception), ("restore_rng", restore_rng)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"Checkpoint.{name}", value, "True or False",
+                                  hint=f"pass a bool, e.g. Checkpoint({name}={not _DEFAULT_FLAGS[name]})")
+        if save_on_train_epoch_end is not None and not isinstance(save_on_train_epoch_end, bool):
+            raise ConfigError("Checkpoint.save_on_train_epoch_end", save_on_train_epoch_end, "None, True or False",
+                              hint="leave it None to save after validation when validation runs, else at epoch end")
+
+        self._dirpath_arg = None if dirpath is None else Path(dirpath)
+        self.dirpath: Path | None = None
+        self.filename = filename
+        self.monitor = monitor
+        self.mode = mode
+        self.save_top_k = save_top_k
+        self.save_last = save_last
+        self.save_on_train_epoch_end = save_on_train_epoch_end
+        self.async_save = async_save
+        self.fsync = fsync
+        self.save_on_exception = save_on_exception
+        self.restore_rng = restore_rng
+        self.verbose = verbose
+
+        # bookkeeping (identical on every rank; rank 0 decides and broadcasts)
+        self.best_k_models: dict[str, float] = {}
+        self.best_model_path = ""
+        self.best_model_score: float | None = None
+        self.last_model_path = ""
+        self.emergency_path = ""
+        self._last_saved_step = -1
+        self._deferred = False
+        self._warned_missing: set[str] = set()
+
+        # rank 0 only
+        self._store: CheckpointStore | None = None
+        self._writer: AsyncWriter | None = None
+        self._snapshot = HostSnapshot()
+
+        # resume
+        self._last_time = time.monotonic()
+        self._saving_rng: dict[str, Any] | None = None
+        self._rng_epoch: dict[str, Any] | None = None
+        self._rng_epoch_index = -1
+        self._pending: dict[str, Any] | None = None
+        self._epoch_start_seen = False
+        self._plateau_epoch = -1
+        self._warning_filter: Any = None
+
+    # -- public helpers ----------------------------------------------------------------------------
+    @staticmethod
+    def latest_valid(dirpath: str | os.PathLike[str], *, include_emergency: bool = False) -> str | None:
+        """The newest checkpoint in ``dirpath`` whose sha256 verifies, or None; pass it to ``ckpt_path=``.
+
+        Only files recorded with a checksum are candidates (the manifest, and with
+        ``include_emergency`` the ``.sha256`` sidecars of emergency files); a partial, truncated
+        or altered file fails its checksum and is skipped, and so is a file written after the
+        manifest was last replaced.
+
+        Example:
+            >>> Checkpoint.latest_valid("/nonexistent") is None
+            True
+        """
+        return latest_valid(dirpath, include_emergency=include_emergency)
+
+    @staticmethod
+    def verify(path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` is recorded (manifest or sidecar) in its folder and its bytes match the checksum."""
+        p = Path(path)
+        for entry in candidates(p.parent, include_emergency=True):
+            if entry["file"] == p.name:
+                return verify(p, entry["sha256"])
+        return False
+
+    @staticmethod
+    def load(path: str | os.PathLike[str], *, map_location: Any = "cpu", weights_only: bool = True,
+             check: bool = True) -> dict[str, Any]:
+        """``torch.load`` a checkpoint with ``weights_only=True``, after checking its sha256 (``check``).
+
+        Raises:
+            ValueError: when ``check`` is set and the file is not recorded or fails its checksum.
+        """
+        if check and not Checkpoint.verify(path):
+            raise ValueError(f"Checkpoint.load: {os.fspath(path)!r} is not a recorded checkpoint whose sha256 "
+                             "verifies. HINT: use Checkpoint.latest_valid(folder), or check=False for a file "
+                             "written elsewhere")
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+
+    @property
+    def stats(self) -> list[SaveStats]:
+        """Per-save timings on the saving rank: time the loop was blocked, write time, fsync time, bytes."""
+        return [] if self._store is None else list(self._store.stats)
+
+    def wait(self) -> None:
+        """Block until the asynchronous write in flight (if any) is on disk; raise its error if it failed."""
+        if self._writer is not None:
+            self._writer.wait()
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode, filename=self.filename,
+                                        every_n_epochs=self.every_n_epochs,
+                                        every_n_train_steps=self.every_n_train_steps)
+
+    # -- setup ---------------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self._dirpath_arg is not None:
+            dirpath = self._dirpath_arg
+        else:
+            root = trainer.log_dir if trainer.loggers else None
+            dirpath = Path(root or trainer.default_root_dir) / "checkpoints"
+        strategy = type(trainer.strategy).__name__
+        if any(name in strategy for name in _SHARDED):
+            raise ConfigError("Checkpoint", strategy, "a strategy whose full checkpoint one rank can write "
+                              "(single device, DDP, DDP spawn)",
+                              hint="with sharded strategies use Lightning's ModelCheckpoint, which writes "
+                                   "per-rank shards")
+        dirpath = Path(trainer.strategy.broadcast(str(dirpath.resolve()), 0))
+        for other in trainer.callbacks:  # type: ignore[attr-defined]
+            if other is not self and isinstance(other, Checkpoint) and other.dirpath == dirpath:
+                raise ConfigError("Checkpoint.dirpath", str(dirpath), "a folder no other Checkpoint callback "
+                                  "writes to (each folder has one manifest)",
+                                  hint="give each Checkpoint its own dirpath, e.g. .../best and .../periodic")
+        self.dirpath = dirpath
+        if trainer.is_global_zero:
+            from .._io import remove_stale_tmp
+
+            dirpath.mkdir(parents=True, exist_ok=True)
+            remove_stale_tmp(dirpath)
+            self._store = CheckpointStore(dirpath, fsync=self.fsync, last_name=self.LAST_NAME + _EXT)
+            self._writer = AsyncWriter(self._store) if self.async_save else None
+            if self._store.entries and not trainer.ckpt_path:
+                rank_zero_warn(f"Checkpoint: {str(dirpath)!r} already holds {len(self._store.entries)} checkpoints "
+                               "of an earlier run. They stay in its manifest and this run never deletes them; "
+                               "latest_valid() returns this run's files once it has saved. HINT: to continue that "
+                               "run, pass ckpt_path=Checkpoint.latest_valid(dirpath) to fit")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_time = time.monotonic()
+        self._epoch_start_seen = False
+        if self._pending is None and trainer.ckpt_path:
+            self._pending = {}  # a checkpoint without our state: still fast-forward the loader
+        fetcher = trainer.fit_loop._data_fetcher
+        if self._pending is not None and fetcher is not None and fetcher.iterator is not None:
+            fetcher.iterator = _FirstFetch(self, trainer, fetcher.iterator)
+            if not stateful_loaders(trainer.fit_loop._combined_loader):
+                warnings.filterwarnings("ignore", message=_LIGHTNING_RESUME_WARNING)
+                self._warning_filter = warnings.filters[0]
+        # Resumed before the last batch of an epoch, Lightning will end that epoch "restarting" and skip
+        # its epoch-interval plateau step (fit_loop.on_advance_end); remember to take it ourselves.
+        fit_loop = trainer.fit_loop
+        self._plateau_epoch = -1
+        if (trainer.ckpt_path and fit_loop.restarted_mid_epoch
+                and fit_loop.epoch_loop.batch_progress.current.processed < trainer.num_training_batches):
+            self._plateau_epoch = trainer.current_epoch
+
+    def _unsilence(self) -> None:
+        if self._warning_filter is not None:
+            with contextlib.suppress(ValueError):
+                warnings.filters.remove(self._warning_filter)
+            self._warning_filter = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._unsilence()
+        self._epoch_start_seen = True
+        pending, self._pending = self._pending, None
+        if pending:  # resumed at an epoch boundary: continue from the random states of the save
+            state = self._rank_state(trainer, pending, "save")
+            if self.restore_rng and state is not None:
+                restore_rng(state)
+        if self.restore_rng:
+            self._rng_epoch = capture_rng()
+            self._rng_epoch_index = trainer.current_epoch
+            fit_loop = trainer.fit_loop
+            lightning_iterates = (trainer.current_epoch > 0 and not fit_loop.is_resuming
+                                  and not fit_loop.epoch_loop.restarting)
+            if not lightning_iterates:
+                # this epoch's iterator was made before this hook (first epoch of a fit, or of a
+                # resumed one): make it again from the captured state, as Lightning does otherwise
+                fetcher = fit_loop._data_fetcher
+                if fetcher is not None and fetcher._combined_loader is not None:
+                    iter(fetcher)
+
+    def _rank_state(self, trainer: pl.Trainer, pending: dict[str, Any], key: str) -> dict[str, Any] | None:
+        rng = pending.get("rng")
+        if not rng or not rng.get(key):
+            return None
+        states = rng[key]
+        if rng.get("world_size") != trainer.world_size or len(states) != trainer.world_size:
+            rank_zero_warn("Checkpoint: the checkpoint's random states are from a run with "
+                           f"{rng.get('world_size')} processes, this run has {trainer.world_size}; they are not "
+                           "restored, so the resumed run is not an exact continuation.")
+            return None
+        return states[trainer.global_rank]
+
+    def _on_first_fetch(self, trainer: pl.Trainer) -> None:
+        self._unsilence()
+        pending, self._pending = self._pending, None
+        if pending is None or self._epoch_start_seen:
+            return
+        fit_loop = trainer.fit_loop
+        combined = fit_loop._combined_loader
+        done = fit_loop.epoch_loop.batch_progress.current.ready
+        save_state = self._rank_state(trainer, pending, "save") if self.restore_rng else None
+        if done == 0:
+            # a new epoch that Lightning started without on_train_epoch_start (restart after the last batch)
+            if save_state is not None:
+                restore_rng(save_state)
+                self._rng_epoch, self._rng_epoch_index = save_state, trainer.current_epoch
+                iter(combined)
+            return
+        if stateful_loaders(combined):
+            if save_state is not None:
+                restore_rng(save_state)
+            return
+        epoch_state = self._rank_state(trainer, pending, "epoch") if save_state is not None else None
+        if epoch_state is not None and pending["rng"].get("epoch_index") == trainer.current_epoch:
+            restore_rng(epoch_state)
+            self._rng_epoch, self._rng_epoch_index = epoch_state, trainer.current_epoch
+            iter(combined)  # the same seeds and sampler permutation as when the epoch began
+        try:
+            how = fast_forward(combined, done)
+        except StopIteration:
+            rank_zero_warn(f"Checkpoint: could not skip {done} batches of epoch {trainer.current_epoch}: the "
+                           "training loader is shorter than when the checkpoint was written.")
+            return
+        if save_state is not None:
+            restore_rng(save_state)
+        rank_zero_info(f"Checkpoint: resumed in epoch {trainer.current_epoch} after batch {done}; skipped the "
+                       f"{done} batches already trained on ({'by sampler index' if how == 'indices' else 'by loading them'}).")
+
+    # -- triggers ------------------------------------------------------------------------------------
+    def _skip(self, trainer: pl.Trainer) -> bool:
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        return (bool(trainer.fast_dev_run) or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking
+                or self.dirpath is None)
+
+    def _epoch_save_at_train_end(self, trainer: pl.Trainer) -> bool:
+        if self.save_on_train_epoch_end is not None:
+            return self.save_on_train_epoch_end
+        if getattr(trainer, "_val_check_time_interval", None) is not None:
+            return False
+        if trainer.check_val_every_n_epoch != 1:
+            return False
+        nval = trainer.num_val_batches
+        nval = sum(nval) if isinstance(nval, list) else nval
+        if not trainer.enable_validation or nval == 0:
+            return True
+        return trainer.val_check_interval == 1.0
+
+    def _validation_follows(self, trainer: pl.Trainer) -> bool:
+        epoch_loop = trainer.fit_loop.epoch_loop
+        try:
+            return bool(epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+        except Exception:  # a Lightning without this private helper: fall back to the epoch's last batch
+            return bool(trainer.enable_validation and epoch_loop.batch_progress.is_last_batch)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._skip(trainer):
+            return
+        epoch_loop = trainer.fit_loop.epoch_loop
+        try:
+            stepped = not epoch_loop._should_accumulate()
+        except Exception:
+            stepped = True
+        due = bool(stepped and self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0)
+        if self.train_time_interval is not None:
+            now = time.monotonic()
+            timed = stepped and now - self._last_time >= self.train_time_interval
+            if trainer.world_size > 1:
+                timed = trainer.strategy.broadcast(timed, 0)
+            if timed:
+                self._last_time = now
+                due = True
+        if not due or trainer.global_step == self._last_saved_step:
+            return
+        if self._validation_follows(trainer):
+            self._deferred = True  # save once validation has run, with its effects in the checkpoint
+            return
+        self._save(trainer, "step")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._skip(trainer):
+            return
+        at_epoch_end = trainer.fit_loop.epoch_loop._num_ready_batches_reached()
+        if self._epoch_save_at_train_end(trainer) and at_epoch_end:
+            return  # on_train_epoch_end saves
+        epoch_due = bool(self.every_n_epochs) and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        if (epoch_due and not self._epoch_save_at_train_end(trainer)) or self._deferred:
+            self._deferred = False
+            self._save(trainer, "validation")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._skip(trainer):
+            return
+        epoch_due = bool(self.every_n_epochs) and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        if (epoch_due and self._epoch_save_at_train_end(trainer)) or self._deferred:
+            self._deferred = False
+            self._save(trainer, "epoch")
+        self._take_skipped_plateau_step(trainer)
+
+    def _take_skipped_plateau_step(self, trainer: pl.Trainer) -> None:
+        """Step plateau schedulers at the end of the epoch a run resumed in, where Lightning skips them.
+
+        Runs after every other ``on_train_epoch_end`` hook (checkpoint callbacks run last) and after a
+        save at this point, whose copy of the scheduler state already includes this step (see
+        :func:`lightning_optkit.mixin.settle_pending_plateau_steps`).
+        """
+        fit_loop = trainer.fit_loop
+        if trainer.current_epoch != self._plateau_epoch:
+            return
+        self._plateau_epoch = -1
+        if fit_loop.restarting and fit_loop.epoch_loop._num_ready_batches_reached():
+            fit_loop.epoch_loop.update_lr_schedulers("epoch", update_plateau_schedulers=True)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._skip(trainer) and self.save_last and trainer.global_step != self._last_saved_step:
+            self._save(trainer, "end", force_last_only=True)
+        self.wait()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._unsilence()
+        if self._writer is not None:
+            self._writer.wait(raise_error=False)  # errors were raised by on_train_end
+
+    # -- saving --------------------------------------------------------------------------------------
+    def _metrics(self, trainer: pl.Trainer) -> dict[str, Any]:
+        return dict(trainer.callback_metrics)
+
+    def _reduced_monitor(self, trainer: pl.Trainer) -> float | None:
+        """The monitored value averaged over ranks (None if a rank lacks it); a collective call."""
+        if self.monitor is None:
+            return None
+        value = trainer.callback_metrics.get(self.monitor)
+        present = value is not None
+        local = float(torch.as_tensor(value).float().mean()) if present else 0.0
+        if trainer.world_size == 1:
+            return local if present else None
+        t = torch.tensor([local, float(present)], dtype=torch.float64, device=trainer.strategy.root_device)
+        t = trainer.strategy.reduce(t, reduce_op="sum")
+        total, count = float(t[0]), int(round(float(t[1])))
+        return total / count if count == trainer.world_size else None
+
+    def _format(self, trainer: pl.Trainer, metrics: dict[str, Any]) -> str:
+        def sub(m: re.Match[str]) -> str:
+            name, spec = m.group(1), (m.group(2) or "")[1:]
+            if name == "epoch":
+                value: Any = trainer.current_epoch
+            elif name == "step":
+                value = trainer.global_step
+            elif name in metrics:
+                value = float(torch.as_tensor(metrics[name]).float().mean())
+            else:
+                if name not in self._warned_missing:
+                    self._warned_missing.add(name)
+                    rank_zero_warn(f"Checkpoint.filename: {{{name}}} is not a logged metric yet; written as 'na'. "
+                                   f"Available: {sorted(metrics)}")
+                return "na"
+            return format(value, spec)
+
+        return _PLACEHOLDER.sub(sub, self.filename) + _EXT
+
+    def _plan(self, trainer: pl.Trainer, value: float | None, trigger: str, force_last_only: bool) -> dict[str, Any]:
+        """Rank 0's decision for one save event (broadcast to every rank)."""
+        metrics = self._metrics(trainer)
+        best_k = dict(self.best_k_models)
+        file: str | None = None
+        remove: list[str] = []
+        score: float | None = None
+        if self.monitor is not None and value is None and trigger in ("validation", "epoch") and metrics:
+            avail = sorted(metrics)
+            where = "on every rank " if self.monitor in metrics else ""
+            return {"error": ["Checkpoint.monitor", self.monitor,
+                              f"a metric the module logs {where}at this point; available: {', '.join(avail)}",
+                              did_you_mean(self.monitor, avail),
+                              f"call self.log({self.monitor!r}, ...) in validation_step, or fix the name"]}
+        higher_better = self.monitor is None or self.mode == "max"
+        if not force_last_only and self.save_top_k != 0:
+            if self.monitor is None:
+                score = float(trainer.global_step)  # without a metric, keep the newest
+            else:
+                score = value
+                if score is not None and math.isnan(score):
+                    score = -math.inf if higher_better else math.inf
+            if score is not None:
+                name = self._format(trainer, metrics)
+                best_k.pop(name, None)
+                if self.save_top_k == -1 or len(best_k) < self.save_top_k:
+                    file = name
+                else:
+                    worst = (min if higher_better else max)(best_k, key=best_k.__getitem__)
+                    if (score > best_k[worst]) if higher_better else (score < best_k[worst]):
+                        file = name
+                        remove.append(worst)
+                        del best_k[worst]
+                if file is not None:
+                    best_k[file] = score
+                elif name in self.best_k_models:
+                    best_k[name] = self.best_k_models[name]
+        if file is None and not self.save_last:
+            return {"skip": True}
+        if best_k:
+            best = (max if higher_better else min)(best_k, key=best_k.__getitem__)
+            best_path, best_score = str(self.dirpath / best), best_k[best]  # type: ignore[operator]
+        else:
+            best_path, best_score = "", None
+        return {"file": file, "remove": remove, "best_k": best_k, "best_model_path": best_path,
+                "best_model_score": best_score, "metric": value, "score": score}
+
+    def _save(self, trainer: pl.Trainer, trigger: str, force_last_only: bool = False) -> None:
+        t0 = time.perf_counter()
+        value = self._reduced_monitor(trainer)
+        plan = self._plan(trainer, value, trigger, force_last_only) if trainer.is_global_zero else None
+        if trainer.world_size > 1:
+            plan = trainer.strategy.broadcast(plan, 0)
+        assert plan is not None
+        if "error" in plan:
+            path, val, expected, sugg, hint = plan["error"]
+            raise ConfigError(path, val, expected, suggestions=sugg, hint=hint)
+        if plan.get("skip"):
+            return
+        assert self.dirpath is not None
+        self.best_k_models = plan["best_k"]
+        self.best_model_path = plan["best_model_path"]
+        self.best_model_score = plan["best_model_score"]
+        if self.save_last:
+            self.last_model_path = str(self.dirpath / (self.LAST_NAME + _EXT))
+        self._last_saved_step = trainer.global_step
+        self._saving_rng = self._gather_rng(trainer) if self.restore_rng else None
+        try:
+            if self._writer is not None:
+                self._writer.wait()
+            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        finally:
+            self._saving_rng = None
+        if not trainer.is_global_zero:
+            return
+        assert self._store is not None
+        optkit = checkpoint.get("optkit") if isinstance(checkpoint.get("optkit"), dict) else {}
+        meta = {"kind": "top_k" if self.monitor is not None else "recent", "epoch": trainer.current_epoch,
+                "step": trainer.global_step, "monitor": self.monitor, "metric": plan["metric"],
+                "trigger": trigger, "config_hash": optkit.get("config_hash")}
+        job = SaveJob(checkpoint, plan["file"], self.save_last, plan["remove"], meta)
+        if self._writer is not None:
+            job.checkpoint = self._snapshot.copy(checkpoint)
+            job.blocked_s = time.perf_counter() - t0
+            self._writer.submit(job)
+        else:
+            stats = self._store.execute(job)
+            stats.blocked_s = time.perf_counter() - t0
+        if self.verbose:
+            what = plan["file"] or (self.LAST_NAME + _EXT)
+            rank_zero_info(f"Checkpoint: saved {what} at epoch {trainer.current_epoch}, step {trainer.global_step}"
+                           + (f" ({self.monitor}={plan['metric']:.6g})" if plan["metric"] is not None else "")
+                           + (" [writing in the background]" if self._writer is not None else ""))
+
+    def _gather_rng(self, trainer: pl.Trainer) -> dict[str, Any]:
+        local = [capture_rng(), self._rng_epoch]
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, local)
+        else:
+            gathered = [local]
+        epochs = [g[1] for g in gathered]
+        return {"world_size": len(gathered), "save": [g[0] for g in gathered],
+                "epoch": epochs if all(e is not None for e in epochs) else None,
+                "epoch_index": self._rng_epoch_index}
+
+    # -- exceptions ----------------------------------------------------------------------------------
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Write this rank's emergency checkpoint. No collective call: other ranks may be gone or stuck."""
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        self._unsilence()
+        if (not self.save_on_exception or self.dirpath is None or trainer.state.fn != TrainerFn.FITTING
+                or trainer.sanity_checking or trainer.global_step == 0):
+            return
+        rank = trainer.global_rank
+        try:
+            if self._writer is not None:
+                self._writer.wait(timeout=30, raise_error=False)
+            self._saving_rng = None
+            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+            name = f"emergency-rank{rank}-epoch={trainer.current_epoch}-step={trainer.global_step}{_EXT}"
+            optkit = checkpoint.get("optkit") if isinstance(checkpoint.get("optkit"), dict) else {}
+            meta = {"epoch": trainer.current_epoch, "step": trainer.global_step, "rank": rank,
+                    "exception": f"{type(exception).__name__}: {exception}"[:500],
+                    "config_hash": optkit.get("config_hash")}
+            self.emergency_path = write_emergency(checkpoint, self.dirpath, name, meta, fsync=self.fsync)
+            print(f"[rank {rank}] Checkpoint: {type(exception).__name__} raised; emergency checkpoint written to "
+                  f"{self.emergency_path}", file=sys.stderr)
+        except Exception as err:  # never mask the original exception
+            print(f"[rank {rank}] Checkpoint: the emergency checkpoint could not be written: {err!r}", file=sys.stderr)
+
+    # -- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        rng = self._saving_rng
+        if rng is None and self.restore_rng:
+            # saved by someone else (trainer.save_checkpoint, an emergency): this rank's states only
+            rng = {"world_size": 1, "save": [capture_rng()],
+                   "epoch": [self._rng_epoch] if self._rng_epoch is not None else None,
+                   "epoch_index": self._rng_epoch_index}
+        return {
+            "version": 1,
+            "dirpath": None if self.dirpath is None else str(self.dirpath),
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "best_k_models": dict(self.best_k_models),
+            "best_model_path": self.best_model_path,
+            "best_model_score": self.best_model_score,
+            "last_model_path": self.last_model_path,
+            "last_saved_step": self._last_saved_step,
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # top-k entries are file names: keep those present in this run's folder (the same one, or a copy)
+        saved = dict(state_dict.get("best_k_models", {}))
+        folder = self.dirpath
+        kept = {n: s for n, s in saved.items() if folder is not None and (folder / n).exists()}
+        if len(kept) != len(saved):
+            rank_zero_warn(f"Checkpoint: {len(saved) - len(kept)} of the resumed run's top-k files are not in "
+                           f"{None if folder is None else str(folder)!r}; they are left out of the top-k list.")
+        self.best_k_models = kept
+        if kept and folder is not None:
+            higher_better = self.monitor is None or self.mode == "max"
+            best = (max if higher_better else min)(kept, key=kept.__getitem__)
+            self.best_model_path, self.best_model_score = str(folder / best), kept[best]
+        if self.save_last and folder is not None and (folder / (self.LAST_NAME + _EXT)).exists():
+            self.last_model_path = str(folder / (self.LAST_NAME + _EXT))
+        self._last_saved_step = int(state_dict.get("last_saved_step", -1))
+        self._pending = {"rng": state_dict.get("rng")}
