@@ -1,4 +1,5 @@
-# The two Quickstart commands: `make demo` (main job) and `make test`; both install what they need.
+# The two Quickstart commands: `make demo` (main job: optkit tune --example digits) and `make test`;
+# both install what they need.
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 # A CPU wheel of torch is pinned here so a fresh machine does not pull CUDA packages; the package
@@ -12,7 +13,7 @@ install:
 	$(PIP) install --quiet -e ".[test]"
 
 demo: install
-	optkit fit --example digits
+	optkit tune --example digits
 
 test: install
 	$(PYTHON) -m pytest -q
@@ -22,3 +23,7 @@ lint:
 
 bench: install
 	$(PYTHON) benchmarks/bench_schedules.py
+	$(PYTHON) benchmarks/grad_norm_overhead.py
+	$(PYTHON) benchmarks/lr_finder_quality.py
+	$(PYTHON) benchmarks/checkpoint_stall.py
+	$(PYTHON) benchmarks/tune_demo_time.py

@@ -7,6 +7,9 @@ Subcommands:
   TensorBoard.
 * ``optkit schedule`` draws the learning rate of every parameter group over a run, stepping the
   real scheduler the library builds, and prints the peak, the end of the warm-up and the final LR.
+* ``optkit lr-find`` runs an LR range test and prints every rule's suggestion
+  (:mod:`lightning_optkit.lr_finder`).
+* ``optkit tune`` runs an Optuna study over the ``optim:`` block (:mod:`lightning_optkit.tuning`).
 
 Every configuration mistake is reported as one ``error: <message>`` line on stderr, exit status 2.
 
@@ -146,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .lr_finder import _cli as lr_find
 
     lr_find.add_parser(sub)
+    from .tuning import _cli as tune_cli
+
+    tune_cli.add_parser(sub)
     return parser
 
 

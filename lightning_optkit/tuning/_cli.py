@@ -1,0 +1,298 @@
+"""``optkit tune``: the command line of :func:`lightning_optkit.tuning.tune`.
+
+The lead wires it into ``lightning_optkit/cli.py`` with :func:`add_parser` (which sets
+``func=run``); ``python -m lightning_optkit.tuning ...`` runs it on its own. :func:`run` reports
+every configuration or usage mistake as one ``error: ...`` line on stderr and returns 2.
+
+Example:
+    >>> import argparse
+    >>> sub = argparse.ArgumentParser(prog="optkit").add_subparsers(dest="command")
+    >>> p = add_parser(sub)
+    >>> args = p.parse_args(["--example", "digits", "--trials", "25"])
+    >>> args.example, args.trials, args.func is run
+    ('digits', 25, True)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..config import ConfigError, parse_override, read_yaml
+from ._presets import PRESETS
+from ._study import PRUNERS, SAMPLERS
+
+__all__ = ["add_parser", "build_parser", "main", "run"]
+
+_DESCRIPTION = (
+    "Tune the optim block (optimizer, LR, weight decay, schedule, loss settings) with Optuna: a search space "
+    "keyed by the config's dotted paths, TPE sampling, Hyperband pruning at every validation, an SQLite study "
+    "that optuna-dashboard opens. Writes the best config as YAML (and the command that trains it again), a "
+    "summary table, plots, a CSV of the trials and TensorBoard hparams of every trial."
+)
+
+_EPILOG = """\
+examples:
+  optkit tune --example digits                                  # the built-in demo: 30 trials on CPU
+  optkit tune --example digits --search configs/search_digits.yaml --trials 50 --timeout 600
+  optkit tune configs/adamw_warmup_cosine.yaml --model mypkg.models.Net --data mypkg.data.DataModule \\
+      --search adamw --monitor val_acc --max-epochs 20 --trials 40
+  optkit tune lightningcli_config.yaml --search configs/search_optimizers.yaml --monitor val_acc
+  optkit tune --factory mypkg.tuning:build --config base.yaml --search search.yaml --max-epochs 10
+  optkit tune --example digits --study digits --resume --trials 60   # continue a study to 60 trials
+  optkit tune ... --devices 2 --strategy ddp                          # each trial on 2 processes (rank 0 owns it)
+
+the search space (YAML, under `search:`), keyed by the config's dotted paths:
+  optimizer.name: {choices: [adamw, sgd]}
+  optimizer.lr: {low: 1.0e-5, high: 1.0e-1, log: true}
+  optimizer.momentum: {low: 0.8, high: 0.99, when: {optimizer.name: sgd}}
+  scheduler.warmup: {choices: ["0%", "5%", "10%"]}
+presets (--search NAME): """ + ", ".join(sorted(PRESETS)) + """
+
+outputs go to OUT/STUDY/ (default optkit_tune/<name>/): best_config.yaml, trials.csv, plots/*.png,
+tensorboard/ (tensorboard --logdir ...); the study itself to OUT/optuna.db (optuna-dashboard sqlite:///...).
+"""
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("model and data (one of)")
+    src.add_argument("config", nargs="?", metavar="CONFIG",
+                     help="the base optim block (YAML); or, alone, a LightningCLI config (model/data as "
+                          "class_path/init_args, the base under model.init_args.optim)")
+    src.add_argument("--config", dest="config_opt", metavar="PATH", help="the same as the positional CONFIG")
+    src.add_argument("--example", metavar="NAME", help="a built-in example: digits")
+    src.add_argument("--factory", metavar="pkg.mod:build",
+                     help="a function build(optim: dict) -> (LightningModule, LightningDataModule)")
+    src.add_argument("--model", metavar="pkg.mod.Class", help="your LightningModule class (it must accept optim=)")
+    src.add_argument("--data", metavar="pkg.mod.DataModule", help="your LightningDataModule class (with --model)")
+    src.add_argument("--model-args", metavar="JSON", help="more keyword arguments for the model, as a JSON object")
+    src.add_argument("--data-args", metavar="JSON", help="keyword arguments for the datamodule, as a JSON object")
+
+    s = p.add_argument_group("the search")
+    s.add_argument("--search", metavar="FILE|PRESET",
+                   help="search space: a YAML file with `search:` or a preset (" + ", ".join(sorted(PRESETS))
+                        + "); default with --example: its preset")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the base config, e.g. --set optimizer.lr=1e-3 (repeatable)")
+    s.add_argument("--monitor", metavar="METRIC",
+                   help="the validation metric to optimize (default: val_loss; the example's own, e.g. val_acc); "
+                        "comma-separated for a multi-objective study")
+    s.add_argument("--direction", metavar="DIR",
+                   help="minimize or maximize (default: from the metric's name); comma-separated with several metrics")
+    s.add_argument("--trials", type=_positive_int, metavar="N",
+                   help="finished trials the study should have (default: 20; --example digits: 30); a resumed "
+                        "study runs only the missing ones")
+    s.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="stop starting trials after this long")
+    s.add_argument("--sampler", default="tpe", metavar="NAME", help="one of " + ", ".join(SAMPLERS) + " (default: tpe)")
+    s.add_argument("--pruner", default="hyperband", metavar="NAME",
+                   help="one of " + ", ".join(PRUNERS) + " (default: hyperband)")
+    s.add_argument("--no-base", action="store_true", help="do not run the base config as the first trial")
+
+    st = p.add_argument_group("the study")
+    st.add_argument("--storage", metavar="URL",
+                    help="sqlite:///file.db, postgresql://user@host/db, a .db or .log file, or memory "
+                         "(default: OUT/optuna.db)")
+    st.add_argument("--study", metavar="NAME", help="study name (default: the model's name, -2, -3... when taken)")
+    st.add_argument("--resume", action="store_true", help="continue the study (--study NAME, or the newest one)")
+    st.add_argument("--out", default="optkit_tune", metavar="DIR", help="output folder (default: optkit_tune/)")
+
+    t = p.add_argument_group("each trial")
+    t.add_argument("--max-epochs", type=_positive_int, metavar="N",
+                   help="epochs per trial (default: the example's, e.g. 10; required for your own model "
+                        "unless --max-steps or --trainer max_time=...)")
+    t.add_argument("--max-steps", type=_positive_int, metavar="N", help="optimizer steps per trial")
+    t.add_argument("--val-check-interval", type=_number, metavar="X",
+                   help="validate every X of an epoch (float) or every X batches (int): more pruning points")
+    t.add_argument("--accelerator", metavar="NAME", help="cpu, gpu, auto... (default: cpu for --example)")
+    t.add_argument("--devices", metavar="N", help="devices per trial (several: DDP, rank 0 owns the trial)")
+    t.add_argument("--strategy", metavar="NAME", help="e.g. ddp")
+    t.add_argument("--trainer", dest="trainer_args", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other L.Trainer argument, e.g. --trainer gradient_clip_val=1.0 (repeatable; YAML values)")
+    t.add_argument("--seed", type=int, metavar="S", help="seed of every trial and of the sampler (default: 0)")
+    t.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="torch threads during the study (default: unchanged; --example: 1, fastest for tiny models)")
+
+    o = p.add_argument_group("output")
+    o.add_argument("--no-plots", action="store_true", help="no PNG plots")
+    o.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs per trial")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress line per trial")
+    o.add_argument("-v", "--verbose", action="store_true", help="keep Lightning's and Optuna's per-trial messages")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``tune`` subcommand to ``optkit``'s subparsers; returns it (``func=run`` is set)."""
+    p = subparsers.add_parser(
+        "tune", help="tune the optim block with Optuna (search space, pruning, best config YAML)",
+        description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A stand-alone parser (``python -m lightning_optkit.tuning``) with the same arguments."""
+    p = argparse.ArgumentParser(prog="optkit tune", description=_DESCRIPTION, epilog=_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse and run (the stand-alone entry point)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    return run(args)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _json_object(text: str | None, flag: str) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _UsageError(f"{flag}: not valid JSON ({exc.msg} at character {exc.pos}): {text}") from None
+    if not isinstance(value, dict):
+        raise _UsageError(f"{flag}: expected a JSON object such as '{{\"hidden\": 64}}', got {text}")
+    return value
+
+
+def _pairs(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, value = parse_override(item)
+        out[key] = value
+    return out
+
+
+def _split(text: str | None) -> str | list[str] | None:
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    return parts[0] if len(parts) == 1 else parts
+
+
+def tune_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The :func:`~lightning_optkit.tuning.tune` arguments for parsed ``optkit tune`` arguments."""
+    from ._sources import ClassSource, LightningCLISource, is_lightningcli_yaml
+
+    if args.config and args.config_opt and args.config != args.config_opt:
+        raise _UsageError(f"two configs given ({args.config} and --config {args.config_opt}); give one")
+    config = args.config or args.config_opt
+    chosen = [f for f, v in (("--example", args.example), ("--factory", args.factory), ("--model", args.model)) if v]
+    if len(chosen) > 1:
+        raise _UsageError(f"give one of --example, --factory and --model, not {' and '.join(chosen)}")
+    if args.data and not args.model:
+        raise _UsageError("--data goes with --model")
+    kwargs: dict[str, Any] = {}
+    model_args = _json_object(args.model_args, "--model-args")
+    data_args = _json_object(args.data_args, "--data-args")
+    if args.example:
+        kwargs.update(example=args.example, model_args=model_args, data_args=data_args)
+    elif args.factory:
+        if model_args or data_args:
+            raise _UsageError("--model-args/--data-args go with --model or --example; a factory builds both itself")
+        kwargs["model"] = args.factory
+    elif args.model:
+        if not args.data:
+            raise _UsageError("--model needs --data pkg.mod.DataModule")
+        kwargs["model"] = ClassSource(args.model, args.data, model_args=model_args, data_args=data_args)
+    elif config is not None:
+        data = read_yaml(config)
+        if not is_lightningcli_yaml(data):
+            raise _UsageError(f"{config} is an optim block: say what to train with --example digits, "
+                              "--model/--data or --factory (or give a LightningCLI config)")
+        kwargs["model"] = LightningCLISource(config)
+        config = None
+    else:
+        raise _UsageError("give --example digits, a LightningCLI config, --model/--data with CONFIG, or --factory")
+    if config is not None:
+        kwargs["config"] = config
+    trainer: dict[str, Any] = _pairs(args.trainer_args)
+    for key, value in (("max_epochs", args.max_epochs), ("max_steps", args.max_steps),
+                       ("val_check_interval", args.val_check_interval), ("accelerator", args.accelerator),
+                       ("strategy", args.strategy)):
+        if value is not None:
+            trainer[key] = value
+    if args.devices is not None:
+        trainer["devices"] = int(args.devices) if args.devices.isdigit() else args.devices
+    kwargs.update(
+        search=args.search,
+        overrides=_pairs(args.overrides) or None,
+        monitor=_split(args.monitor),
+        direction=_split(args.direction),
+        n_trials=args.trials,
+        timeout=args.timeout,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        storage=args.storage,
+        study_name=args.study,
+        resume=args.resume,
+        enqueue_base=not args.no_base,
+        trainer_kwargs=trainer,
+        seed=args.seed,
+        out_dir=args.out,
+        tensorboard=not args.no_tensorboard,
+        plots=not args.no_plots,
+        progress=not args.quiet,
+        threads=args.threads,
+        verbose=args.verbose,
+    )
+    return kwargs
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``optkit tune``; 0 on success, 2 for a configuration or usage mistake, 130 when interrupted."""
+    from ._tune import tune
+
+    try:
+        tune(**tune_kwargs(args))
+    except (ConfigError, _UsageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("optkit tune: interrupted; finished trials are kept (resume with --resume)", file=sys.stderr)
+        return 130
+    return 0

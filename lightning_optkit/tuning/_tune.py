@@ -1,0 +1,350 @@
+"""tune(): an Optuna study over the optim block, from a factory, a LightningCLI YAML or a built-in example."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.samplers import BaseSampler
+from optuna.storages import BaseStorage
+from optuna.trial import TrialState
+
+from ..config import ConfigError, OptimConfig, load_config
+from ._dist import DistributedContext, Stop
+from ._presets import PRESETS
+from ._reports import ProgressReporter, format_summary, write_best_config, write_plots, write_trials_csv
+from ._runner import TrialPlan, TrialRunner, quiet_lightning
+from ._sources import ExampleSource, as_source
+from ._space import SearchSpace, load_search
+from ._study import make_pruner, make_sampler, open_study, pick_study_name, resolve_storage
+
+__all__ = ["EXAMPLE_DEFAULTS", "infer_direction", "tune"]
+
+# What `--example NAME` tunes by default: metric, direction, trials (the main job: ≥ 20 trials on 2 CPU cores in
+# well under 5 minutes; see benchmarks/tune_demo_time.py).
+EXAMPLE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": {"monitor": "val_acc", "direction": "maximize", "n_trials": 30, "threads": 1},
+}
+DEFAULT_TRIALS = 20
+
+_MAXIMIZE = ("acc", "auc", "f1", "precision", "recall", "iou", "map", "score", "r2", "bleu", "rouge", "psnr",
+             "ssim", "reward", "top1", "top5")
+_MINIMIZE = ("loss", "err", "mse", "mae", "rmse", "perplexity", "ppl", "nll", "wer", "cer", "fid", "bpd")
+
+
+def infer_direction(metric: str) -> str:
+    """``minimize`` for losses and errors, ``maximize`` for accuracies and scores; ConfigError when unclear.
+
+    Example:
+        >>> infer_direction("val_loss"), infer_direction("val_acc")
+        ('minimize', 'maximize')
+    """
+    name = metric.lower()
+    if any(k in name for k in _MINIMIZE):
+        return "minimize"
+    if any(k in name for k in _MAXIMIZE):
+        return "maximize"
+    raise ConfigError("direction", None, f"'minimize' or 'maximize': the name {metric!r} does not say which")
+
+
+def _monitors_and_directions(monitor: str | Sequence[str], direction: str | Sequence[str] | None
+                             ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    monitors = (monitor,) if isinstance(monitor, str) else tuple(monitor)
+    if not monitors or not all(isinstance(m, str) and m for m in monitors):
+        raise ConfigError("monitor", monitor, "a metric name such as 'val_loss', or a list of them")
+    if direction is None:
+        directions = tuple(infer_direction(m) for m in monitors)
+    else:
+        directions = (direction,) if isinstance(direction, str) else tuple(direction)
+    if len(directions) != len(monitors):
+        raise ConfigError("direction", list(directions), f"{len(monitors)} direction(s), one per monitored metric")
+    out = []
+    for d in directions:
+        d_norm = str(d).strip().lower()
+        d_norm = {"min": "minimize", "max": "maximize"}.get(d_norm, d_norm)
+        if d_norm not in ("minimize", "maximize"):
+            raise ConfigError("direction", d, "'minimize' or 'maximize'")
+        out.append(d_norm)
+    return monitors, tuple(out)
+
+
+def _check_trainer_kwargs(kwargs: Mapping[str, Any]) -> None:
+    if "logger" in kwargs:
+        raise ConfigError("trainer_kwargs.logger", kwargs["logger"], "no logger: each trial logs to TensorBoard "
+                          "under the study's folder", hint="pass tensorboard=False to turn the logging off")
+    if all(kwargs.get(k) in (None, -1) for k in ("max_epochs", "max_steps", "max_time")):
+        raise ConfigError("trainer_kwargs.max_epochs", None, "a length for each trial: max_epochs or max_steps",
+                          hint="trainer_kwargs={'max_epochs': 10}; Lightning's default (1000 epochs) is rarely meant")
+    callbacks = kwargs.get("callbacks")
+    if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+        raise ConfigError("trainer_kwargs.callbacks", callbacks, "a list of callbacks (copied for each trial)")
+
+
+def tune(
+    model: Any = None,
+    search: SearchSpace | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    *,
+    config: OptimConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    example: str | None = None,
+    model_args: Mapping[str, Any] | None = None,
+    data_args: Mapping[str, Any] | None = None,
+    monitor: str | Sequence[str] | None = None,
+    direction: str | Sequence[str] | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    sampler: str | BaseSampler = "tpe",
+    pruner: str | BasePruner | None = "hyperband",
+    storage: str | os.PathLike[str] | BaseStorage | None = None,
+    study_name: str | None = None,
+    resume: bool = False,
+    enqueue_base: bool = True,
+    trainer_kwargs: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    out_dir: str | os.PathLike[str] = "optkit_tune",
+    tensorboard: bool = True,
+    plots: bool = True,
+    summary: bool = True,
+    progress: bool | None = None,
+    threads: int | None = None,
+    catch: Sequence[type[Exception]] = (),
+    verbose: bool = False,
+) -> optuna.Study:
+    """Tune the ``optim:`` block with Optuna; returns the study.
+
+    Every trial samples the search space, applies it to the base config, builds the model and data
+    with that config, trains with ``trainer_kwargs`` and the seed, reports every validation at its
+    optimizer step (:class:`~lightning_optkit.tuning.PruningCallback`) and returns the monitored
+    metric of the last validation. Arguments are checked before any training; the base config is
+    the first trial (unless ``enqueue_base=False``). At the end it writes, under
+    ``out_dir/<study name>/``: ``best_config.yaml`` (the best trial's complete optim block, with the
+    command that trains it again), ``trials.csv``, ``plots/*.png`` and ``tensorboard/trial_NNNN/``
+    (hparams of every trial), and prints a summary table.
+
+    Args:
+        model: where model and data come from: a factory ``build(optim: dict) -> (LightningModule,
+            LightningDataModule)`` (or its ``"pkg.mod:build"`` path), or a LightningCLI YAML (path or
+            dict) with ``model``/``data`` as ``class_path``/``init_args`` -- then the base config is
+            ``model.init_args.optim`` and ``trainer:`` gives the trainer arguments.
+        search: the search space: a dict ``{dotted key path: spec}``, a YAML file with ``search:``,
+            a preset name (``digits``, ``adamw``, ``optimizers``, ``schedules``, ``finetune``) or a
+            :class:`SearchSpace`. Default with ``example=``: the example's preset.
+        config: the base optim block (default: from the LightningCLI YAML, the example, or the
+            ``optim:`` beside ``search:`` in the preset/file).
+        overrides: dotted keys set on the base config (``{"optimizer.lr": 1e-3}``).
+        example: a built-in example (``"digits"``) instead of ``model``.
+        model_args / data_args: more constructor arguments of the example's model / datamodule.
+        monitor: the metric logged in validation (default ``val_loss``; the example's own, e.g.
+            ``val_acc``), or a list for a multi-objective study (no pruning then).
+        direction: ``minimize``/``maximize`` (default: from the metric's name), or one per metric.
+        n_trials: finished (complete or pruned) trials the study should have; a resumed study runs
+            only the missing ones. Default 20 (the example's own default, e.g. 30), unless a timeout.
+        timeout: stop starting trials after this many seconds.
+        sampler: ``tpe`` (seeded, multivariate), ``random``, ``cmaes``, ``gp``, ``qmc``, or a sampler.
+        pruner: ``hyperband`` (its smallest budget is one validation interval), ``median``,
+            ``successive_halving``, ``none``, or a pruner.
+        storage: an SQLAlchemy URL, a ``.db`` file, a journal ``.log`` file, ``"memory"`` or a
+            storage. Default: the SQLite file ``out_dir/optuna.db`` (``optuna-dashboard`` opens it).
+        study_name: default: the model's name, with ``-2``, ``-3``... when taken.
+        resume: continue the study ``study_name`` (default: the newest of the model's name).
+        enqueue_base: run the base config as the first trial of a new study.
+        trainer_kwargs: ``L.Trainer`` arguments of every trial (``max_epochs`` or ``max_steps`` is
+            needed; ``strategy="ddp"`` with several devices runs each trial on all of them).
+            Callbacks are copied for each trial.
+        seed: ``L.seed_everything`` before each trial, and the sampler's seed (default 0, or the
+            LightningCLI YAML's ``seed_everything``).
+        out_dir: the folder for the storage and the outputs.
+        tensorboard / plots / summary / progress: turn the outputs off (``progress=None``: on).
+        threads: ``torch.set_num_threads`` during the study (``None``: unchanged).
+        catch: exception types that fail a trial without stopping the study.
+        verbose: keep Lightning's and Optuna's per-trial log lines.
+
+    Raises:
+        ConfigError: for every bad argument (search space, sampler, pruner, storage, study name,
+            metric...), naming it, the value and what is valid; a metric that is never logged
+            fails at the first validation of the first trial. The study stays in the storage and
+            can be resumed.
+
+    Example:
+        >>> from lightning_optkit.demo import make_example
+        >>> study = tune(lambda optim: make_example("digits", optim),
+        ...              {"optimizer.lr": {"low": 1e-3, "high": 1e-1, "log": True}},
+        ...              config="configs/digits.yaml", monitor="val_acc", n_trials=4,
+        ...              trainer_kwargs={"max_epochs": 2})          # doctest: +SKIP
+        >>> study.best_params                                        # doctest: +SKIP
+        {'optimizer.lr': 0.0124...}
+    """
+    started = time.perf_counter()
+    source = as_source(model, example=example, model_args=model_args, data_args=data_args)
+    defaults = EXAMPLE_DEFAULTS.get(source.name, {}) if isinstance(source, ExampleSource) else {}
+
+    # -- the metric, the space and the base config ------------------------------------------------------
+    monitors, directions = _monitors_and_directions(
+        monitor if monitor is not None else defaults.get("monitor", "val_loss"),
+        direction if direction is not None or monitor is not None else defaults.get("direction"),
+    )
+    if search is None:
+        if isinstance(source, ExampleSource) and source.name in PRESETS:
+            search = source.name
+        else:
+            raise ConfigError("search", None, "a search space: a dict {key path: spec}, a YAML file with `search:`, "
+                              "or a preset: " + ", ".join(sorted(PRESETS)))
+    space, search_base = load_search(search)
+    if config is None:
+        config = source.base_config() or search_base
+    if config is None:
+        raise ConfigError("config", None, "the base optim block to tune (a YAML path, a dict or an OptimConfig)")
+    base_cfg = load_config(config, overrides)
+    base = base_cfg.to_dict()
+    space.validate(base_cfg)
+
+    # -- the trials' trainer, seed and run length -------------------------------------------------------
+    tk = {**source.trainer_defaults(), **dict(trainer_kwargs or {})}
+    _check_trainer_kwargs(tk)
+    seed = seed if seed is not None else (source.seed() if source.seed() is not None else 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError("seed", seed, "an integer")
+    if n_trials is None and timeout is None:
+        n_trials = int(defaults.get("n_trials", DEFAULT_TRIALS))
+    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
+        raise ConfigError("n_trials", n_trials, "a positive integer")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ConfigError("timeout", timeout, "a positive number of seconds")
+    if threads is None:
+        threads = defaults.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError("threads", threads, "a positive integer (torch.set_num_threads), or None")
+    sampler_obj = make_sampler(sampler, seed=seed, conditional=space.has_conditions, multi_objective=len(monitors) > 1)
+    pruner_obj = make_pruner(pruner)
+    out_root = Path(out_dir)
+    with quiet_lightning(verbose):
+        dist = DistributedContext.from_trainer_kwargs(tk)
+    if dist.enabled and isinstance(storage, str) and storage.strip().lower() in ("memory", ":memory:"):
+        raise ConfigError("storage", storage, "a file or database under DDP, so that every rank can read the study")
+
+    plan = TrialPlan(source=source, space=space, base=base, monitors=monitors, directions=directions,
+                     trainer_kwargs=tk, seed=seed, out_dir=out_root, tensorboard=tensorboard, threads=threads)
+
+    # -- ranks other than 0 follow rank 0's trials ------------------------------------------------------------
+    if dist.expected_rank() != 0:
+        with quiet_lightning(verbose):
+            dist.start()
+        saved_threads = _set_threads(threads)
+        try:
+            with quiet_lightning(verbose):
+                stop = TrialRunner(plan, dist).follow()
+        finally:
+            if saved_threads is not None:
+                _set_threads(saved_threads)
+        if stop.study_name is None:
+            raise RuntimeError(f"optkit tune: rank 0 stopped before the study started ({stop.error})")
+        store, _ = resolve_storage(storage, out_root)
+        return optuna.load_study(study_name=stop.study_name, storage=store)
+
+    # -- rank 0: the storage and the study, before any other process starts ------------------------------
+    try:
+        store, display = resolve_storage(storage, out_root)
+        name = study_name or pick_study_name(store, source.name, resume)
+        attrs = {"optkit.monitor": list(monitors), "optkit.plan": plan.describe()}
+        with quiet_lightning(verbose):
+            study, resumed = open_study(store, display, name, directions, sampler_obj, pruner_obj, resume=resume,
+                                        attrs=attrs)
+    except BaseException as exc:
+        if dist.enabled and "LOCAL_RANK" in os.environ:  # torchrun started the other ranks already: release them
+            dist.start()
+            dist.broadcast(Stop(error=f"{type(exc).__name__}: {exc}"))
+        raise
+    plan.out_dir = out_root / name
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    if resumed and study.user_attrs.get("optkit.plan", {}).get("search") not in (None, space.to_dict()):
+        warnings.warn(f"the search space differs from the one study {name!r} started with; the sampler treats "
+                      "changed parameters as new ones", UserWarning, stacklevel=2)
+    finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    started_trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                              TrialState.WAITING, TrialState.RUNNING))
+    if enqueue_base and not started_trials:
+        params, _left_out = space.base_params(base)
+        study.enqueue_trial(params, user_attrs={"optkit.enqueued": "base config"})
+    remaining = None if n_trials is None else max(n_trials - finished, 0)
+
+    with quiet_lightning(verbose):
+        dist.start()
+    saved_threads = _set_threads(threads)
+    reporter = ProgressReporter(monitors, directions, total=remaining, timeout=timeout,
+                                enabled=progress if progress is not None else True)
+    runner = TrialRunner(plan, dist)
+    error: BaseException | None = None
+    try:
+        if remaining == 0:
+            print(f"optkit tune: study {name!r} already has {finished} finished trials (n_trials={n_trials})", flush=True)
+        else:
+            with quiet_lightning(verbose):
+                study.optimize(runner, n_trials=remaining, timeout=timeout, catch=tuple(catch), callbacks=[reporter])
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        reporter.close()
+        dist.broadcast(Stop(error=None if error is None else f"{type(error).__name__}: {error}", study_name=name))
+        if saved_threads is not None:
+            _set_threads(saved_threads)
+        _finish(study, plan, display, time.perf_counter() - started, plots=plots, summary=summary,
+                failed=error is not None)
+    return study
+
+
+def _set_threads(threads: int | None) -> int | None:
+    if threads is None:
+        return None
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return saved
+
+
+def _finish(study: optuna.Study, plan: TrialPlan, display: str, elapsed: float, *, plots: bool, summary: bool,
+            failed: bool) -> None:
+    """Write the outputs (also after an error or Ctrl-C, for what finished) and print the summary."""
+    out = plan.out_dir
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    if not finished:
+        if summary and not failed:
+            print(format_summary(study, plan, elapsed=elapsed, storage=display))
+        return
+    best_path, reproduce, extras = write_best_config(study, plan, out)
+    csv_path = write_trials_csv(study, plan, out / "trials.csv")
+    written, notes = write_plots(study, plan, out / "plots") if plots else ([], [])
+    if not summary:
+        return
+    import yaml
+
+    from ._reports import best_trial, trial_config
+
+    lines = ["", format_summary(study, plan, elapsed=elapsed, storage=display), ""]
+    best = best_trial(study)
+    if best is not None and best_path is not None:
+        values = ", ".join(f"{m} = {v:.4f}" for m, v in zip(plan.monitors, best.values or []))
+        lines.append(f"best trial {best.number}: {values}")
+        lines.append(f"best config ({best_path}):")
+        lines.extend("  " + ln for ln in yaml.safe_dump(trial_config(best, plan), sort_keys=False).rstrip().splitlines())
+        for i, line in enumerate(reproduce):
+            lines.append(("reproduce: " if i == 0 else "           ") + line)
+        lines.extend(f"also: {p}" for p in extras)
+    else:
+        lines.append("no trial completed: no best config")
+    lines.append(f"trials: {csv_path}")
+    if written:
+        lines.append(f"plots: {', '.join(str(p) for p in written)}")
+    lines.extend(f"plots: {n}" for n in notes)
+    if plan.tensorboard:
+        lines.append(f"tensorboard: tensorboard --logdir {out / 'tensorboard'}")
+    if display.startswith(("sqlite", "postgresql", "mysql")):
+        lines.append(f"dashboard: optuna-dashboard {display}")
+    print("\n".join(lines), flush=True)

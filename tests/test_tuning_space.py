@@ -1,0 +1,233 @@
+"""Search spaces: parsing, up-front validation against the config schema, sampling, presets. No training here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from lightning_optkit import ConfigError, load_config
+from lightning_optkit.tuning import PRESETS, SearchSpace, load_search, make_pruner, make_sampler, search_preset
+from lightning_optkit.tuning._study import AutoHyperbandPruner, redact_url, resolve_storage
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+BASE = {
+    "optimizer": {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.99]},
+    "scheduler": {"name": "warmup_cosine", "warmup": "5%", "min_lr_ratio": 0.01},
+    "loss": {"name": "cross_entropy"},
+}
+ISSUE_EXAMPLE = {
+    "optimizer.name": {"choices": ["adamw", "sgd"]},
+    "optimizer.lr": {"low": 1.0e-5, "high": 1.0e-1, "log": True},
+    "optimizer.momentum": {"low": 0.8, "high": 0.99, "when": {"optimizer.name": "sgd"}},
+    "scheduler.warmup": {"choices": ["0%", "5%", "10%"]},
+}
+BASE_NO_BETAS = {k: v for k, v in BASE.items() if k != "optimizer"} | {"optimizer": {"name": "adamw", "lr": 1e-3}}
+
+
+def _error(space: dict, base: dict | None = BASE) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        s = SearchSpace.from_dict(space)
+        if base is not None:
+            s.validate(base)
+    return info.value
+
+
+def test_the_issue_example_parses_validates_and_samples_on_sqlite(tmp_path):
+    space = SearchSpace.from_dict({"search": ISSUE_EXAMPLE})
+    assert space.params["optimizer.lr"].kind == "float" and space.params["optimizer.lr"].log
+    assert space.params["optimizer.name"].kind == "categorical"
+    assert space.order.index("optimizer.name") < space.order.index("optimizer.momentum")
+    space.validate(BASE_NO_BETAS)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        overrides = space.sample(trial, BASE_NO_BETAS)
+        assert ("optimizer.momentum" in overrides) == (overrides["optimizer.name"] == "sgd")
+        assert set(trial.params) == set(overrides)
+        cfg = load_config(BASE_NO_BETAS, overrides)
+        assert cfg.optimizer.name == overrides["optimizer.name"] and cfg.scheduler.warmup == overrides["scheduler.warmup"]
+        assert 1e-5 <= cfg.optimizer.lr <= 1e-1
+        study.tell(trial, 0.0)
+        seen.add(overrides["optimizer.name"])
+    assert seen == {"adamw", "sgd"}
+    # the overrides of a stored trial are recovered from its params
+    t = study.trials[3]
+    assert space.overrides_from_params(t.params, BASE_NO_BETAS) == {k: t.params[k] for k in space.order if k in t.params}
+
+
+@pytest.mark.parametrize(
+    ("space", "path", "words"),
+    [
+        ({"optimzer.lr": {"low": 1e-4, "high": 1e-1}}, "search.optimzer.lr", ["valid keys at the top", "optimizer.lr"]),
+        ({"optimizer.lr": {"low": 1e-1, "high": 1e-4}}, "search.optimizer.lr.low", ["below high=0.0001"]),
+        ({"optimizer.lr": {"low": 1e-2, "high": 1e-2}}, "search.optimizer.lr.low", ["below high"]),
+        ({"optimizer.lr": {"low": 0.0, "high": 1e-1, "log": True}}, "search.optimizer.lr.low", ["log: true needs low > 0"]),
+        ({"optimizer.weight_decay": {"low": -1.0, "high": 1.0, "log": True}}, "search.optimizer.weight_decay.low", ["low > 0"]),
+        ({"optimizer.name": {"choices": []}}, "search.optimizer.name.choices", ["non-empty"]),
+        ({"optimizer.name": {"choices": ["sgd", "sgd"]}}, "search.optimizer.name.choices", ["listed twice"]),
+        ({"optimizer.lr": {"lo": 1e-4, "high": 1e-1}}, "search.optimizer.lr.lo", ["Did you mean 'low'"]),
+        ({"optimizer.lr": [1e-3, 1e-2]}, "search.optimizer.lr", ["{choices: [...]}"]),
+        ({"optimizer.lr": {"low": 1e-4, "high": 1e-1, "log": True, "step": 1e-3}}, "search.optimizer.lr.step", ["log"]),
+        ({"optimizer.lr": {"low": 1e-4, "high": 1e-1, "type": "flot"}}, "search.optimizer.lr.type", ["float"]),
+        ({"param_groups.lr_scale": {"low": 0.1, "high": 1.0}}, "search.param_groups.lr_scale", ["item index"]),
+        ({"optimizer.name": {"choices": ["adamw", "sgd"]},
+          "optimizer.momentum": {"low": 0.8, "high": 0.9, "when": {"optimizer.name": "sdg"}}},
+         "search.optimizer.momentum.when.optimizer.name", ["Did you mean 'sgd'"]),
+        ({"optimizer.lr": {"low": 1e-4, "high": 1e-1},
+          "optimizer.momentum": {"low": 0.8, "high": 0.9, "when": {"optimizer.lr": 0.1}}},
+         "search.optimizer.momentum.when.optimizer.lr", ["categorical or fixed"]),
+        ({"optimizer.name": {"choices": ["adamw", "sgd"], "when": {"scheduler.name": "x"}},
+          "scheduler.name": {"choices": ["linear", "wsd"], "when": {"optimizer.name": "sgd"}}},
+         "search.", ["cycle"]),
+    ],
+)
+def test_bad_specs_fail_before_any_training(space, path, words):
+    err = _error(space)
+    assert err.path.startswith(path), str(err)
+    for w in words:
+        assert w in str(err), str(err)
+
+
+def test_unknown_keys_of_the_schema_and_of_the_optimizer_are_rejected_with_suggestions():
+    err = _error({"loss.smoothing": {"low": 0.0, "high": 0.2}})
+    assert err.path == "search.loss.smoothing" and "loss.label_smoothing" in err.suggestions
+    err = _error({"optimizer.momentum": {"low": 0.8, "high": 0.99}})  # AdamW has no momentum
+    assert err.path == "search.optimizer.momentum" and "AdamW" in str(err) and "when:" in str(err)
+    err = _error({"schedular.warmup": {"choices": ["5%"]}})
+    assert "scheduler.warmup" in err.suggestions
+
+
+def test_a_choice_that_breaks_the_base_config_names_the_base_key_and_the_fix():
+    err = _error({"optimizer.name": {"choices": ["adamw", "sgd"]}})  # the base has AdamW's betas
+    assert err.path == "search.optimizer.name" and err.value == "sgd"
+    assert "optimizer.betas" in str(err) and "{value: null, when: {optimizer.name: 'sgd'}}" in err.hint
+    # the suggested fix works
+    SearchSpace.from_dict({"optimizer.name": {"choices": ["adamw", "sgd"]},
+                           "optimizer.betas": {"value": None, "when": {"optimizer.name": "sgd"}}}).validate(BASE)
+    err = _error({"scheduler.name": {"choices": ["warmup_cosine", "constant"]}})
+    assert err.value == "constant" and "scheduler.min_lr_ratio" in str(err)
+
+
+def test_a_key_of_a_block_the_base_lacks_is_blamed_on_that_key():
+    err = _error({"optimizer.lr": {"low": 1e-4, "high": 1e-1}, "scheduler.min_lr_ratio": {"low": 0.0, "high": 0.1}},
+                 base={"optimizer": {"name": "adamw"}})
+    assert err.path == "search.scheduler.min_lr_ratio" and "no `scheduler` block" in err.hint
+
+
+def test_constructor_checks_run_too():
+    # load_config accepts nesterov without momentum; torch's SGD constructor does not
+    err = _error({"optimizer.name": {"choices": ["sgd"]}, "optimizer.nesterov": {"value": True},
+                  "optimizer.betas": {"value": None}})
+    assert err.path == "search.optimizer.name" and "Nesterov" in str(err)
+
+
+def test_kinds_conditions_on_base_keys_and_json_choices(tmp_path):
+    space = SearchSpace.from_dict({
+        "scheduler.warmup": {"low": 0, "high": 100, "step": 25},           # int
+        "optimizer.betas": {"choices": [[0.9, 0.999], [0.9, 0.95]]},     # lists as choices
+        "optimizer.eps": {"value": 1e-6},                                  # fixed
+        "loss.label_smoothing": 0.1,                                       # fixed, bare
+        "optimizer.momentum": {"low": 0.8, "high": 0.9, "when": {"optimizer.name": "sgd"}},  # never with this base
+    })
+    assert space.params["scheduler.warmup"].kind == "int"
+    assert space.searched == ["scheduler.warmup", "optimizer.betas", "optimizer.momentum"]
+    space.validate(BASE)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", sampler=optuna.samplers.RandomSampler(seed=1))
+    betas = set()
+    for _ in range(12):
+        trial = study.ask()
+        overrides = space.sample(trial, BASE)
+        assert "optimizer.momentum" not in overrides  # its condition tests the base config: adamw
+        assert overrides["scheduler.warmup"] % 25 == 0 and overrides["optimizer.eps"] == 1e-6
+        assert load_config(BASE, overrides).optimizer.kwargs["betas"] == overrides["optimizer.betas"]
+        betas.add(tuple(overrides["optimizer.betas"]))
+        study.tell(trial, 0.0)
+    assert betas == {(0.9, 0.999), (0.9, 0.95)}
+    assert SearchSpace.from_dict(space.to_dict()) == space
+
+
+def test_base_params_are_what_the_first_trial_enqueues():
+    space = SearchSpace.from_dict(ISSUE_EXAMPLE)
+    params, left_out = space.base_params(BASE_NO_BETAS)
+    assert params == {"optimizer.name": "adamw", "optimizer.lr": 1e-3, "scheduler.warmup": "5%"} and left_out == []
+    base = {**BASE_NO_BETAS, "scheduler": {"name": "warmup_cosine", "warmup": "7%"}}
+    params, left_out = space.base_params(base)
+    assert "scheduler.warmup" not in params and left_out == ["scheduler.warmup"]  # not one of the choices
+    study = optuna.create_study()
+    study.enqueue_trial(space.base_params(BASE_NO_BETAS)[0])
+    assert space.sample(study.ask(), BASE_NO_BETAS) == {"optimizer.name": "adamw", "optimizer.lr": 1e-3,
+                                                         "scheduler.warmup": "5%"}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_validate_and_match_configs_search_yaml(name):
+    space, base = load_search(name)
+    space.validate(base)
+    path = CONFIGS / f"search_{name}.yaml"
+    assert path.is_file(), f"configs/search_{name}.yaml mirrors the {name!r} preset"
+    file_space, file_base = load_search(path)
+    assert file_space == space
+    assert load_config(file_base) == load_config(base)
+    # the YAML is also a plain optim config (its `optim:` block), like every other file in configs/
+    assert load_config(path) == load_config(base)
+    assert yaml.safe_load(path.read_text())["search"] == search_preset(name)["search"]
+
+
+def test_load_search_errors():
+    with pytest.raises(ConfigError, match="Did you mean 'digits'") as info:
+        load_search("digts")
+    assert info.value.path == "search"
+    with pytest.raises(ConfigError, match="a preset"):
+        load_search("nope")
+    with pytest.raises(ConfigError, match="search"):
+        SearchSpace.from_dict({})
+
+
+def test_sampler_and_pruner_names():
+    assert type(make_sampler("tpe", seed=0)).__name__ == "TPESampler"
+    assert type(make_sampler("GP", seed=0)).__name__ == "GPSampler"
+    assert type(make_pruner("hyperband")).__name__ == "AutoHyperbandPruner"
+    assert type(make_pruner("none")).__name__ == "NopPruner"
+    with pytest.raises(ConfigError) as info:
+        make_sampler("tpee")
+    assert info.value.path == "sampler" and info.value.suggestions == ["tpe"] and "random" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        make_pruner("hyperbnd")
+    assert info.value.path == "pruner" and "hyperband" in info.value.suggestions
+    with pytest.raises(ConfigError, match="min_resource"):
+        make_pruner("hyperband", min_resource=0)
+    with pytest.raises(ConfigError, match="median"):
+        make_pruner("median", bogus=1)
+
+
+def test_auto_hyperband_takes_its_smallest_budget_from_the_first_report(tmp_path):
+    pruner = AutoHyperbandPruner()
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", pruner=pruner, direction="maximize")
+    for i in range(3):  # validations every 23 optimizer steps, 10 of them
+        trial = study.ask()
+        for step in range(23, 231, 23):
+            trial.report(float(i) + step / 1000, step)
+            trial.should_prune()
+        study.tell(trial, float(i) + 0.23)
+    assert pruner.min_resource == 23
+    # a pruner built later (a resumed study) reads the same value from the storage
+    again = AutoHyperbandPruner()
+    t = study.ask()
+    t.report(0.0, 23)
+    again.prune(study, study._storage.get_trial(t._trial_id))
+    assert again.min_resource == 23
+
+
+def test_storage_errors_and_redaction(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        resolve_storage(str(tmp_path / "no" / "such" / "dir" / "x.db"), tmp_path)
+    assert info.value.path == "storage" and "opened" in str(info.value)
+    with pytest.raises(ConfigError, match="database URL"):
+        resolve_storage("optuna", tmp_path)
+    assert redact_url("postgresql://me:hunter2@db/optuna") == "postgresql://me:***@db/optuna"
+    store, shown = resolve_storage(None, tmp_path)
+    assert shown == f"sqlite:///{(tmp_path / 'optuna.db').as_posix()}"
