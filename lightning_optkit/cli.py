@@ -21,11 +21,8 @@ Example:
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import io
-import json
-import os
 import shutil
 import sys
 import textwrap
@@ -35,16 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._cli_args import UsageError, import_class, json_object, positive_int
 from ._io import atomic_write_bytes
 from .config import ConfigError, OptimBlock, OptimConfig, TrainingLength, load_config, parse_override
 
 __all__ = ["LRTrace", "UsageError", "build_parser", "main", "simulate"]
 
 PLATEAU_METRIC = 1.0
-
-
-class UsageError(Exception):
-    """A mistake on the command line (not in the config); printed as ``error: ...`` with exit status 2."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--data", metavar="pkg.mod.DataModule", help="your LightningDataModule class (with --model)")
     fit.add_argument("--data-args", metavar="JSON", default=None,
                      help="keyword arguments for the datamodule, as a JSON object")
-    fit.add_argument("--max-epochs", type=_positive_int, default=None, metavar="N",
+    fit.add_argument("--max-epochs", type=positive_int, default=None, metavar="N",
                      help="epochs to train (default: the example's, 10 for your own model)")
     fit.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
     fit.add_argument("--log-dir", default="optkit_runs", metavar="DIR",
@@ -120,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--accelerator", default=None, metavar="NAME",
                      help="cpu, gpu, mps, auto... (default: cpu for --example, auto for your model)")
     fit.add_argument("--devices", default="1", metavar="N", help="devices to use (default: 1)")
-    fit.add_argument("--log-every-n-steps", type=_positive_int, default=None, metavar="N",
+    fit.add_argument("--log-every-n-steps", type=positive_int, default=None, metavar="N",
                      help="how often step metrics (the LR) are logged (default: 1 for --example, else 50)")
     fit.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no model summary")
     fit.set_defaults(func=_cmd_fit)
@@ -133,11 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_SCHEDULE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(sched)
-    sched.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+    sched.add_argument("--steps", type=positive_int, default=None, metavar="N",
                        help="optimizer steps of the run (as Trainer(max_steps=N))")
-    sched.add_argument("--epochs", type=_positive_int, default=None, metavar="E",
+    sched.add_argument("--epochs", type=positive_int, default=None, metavar="E",
                        help="epochs of the run (needs --steps-per-epoch unless --example gives it)")
-    sched.add_argument("--steps-per-epoch", type=_positive_int, default=None, metavar="S",
+    sched.add_argument("--steps-per-epoch", type=positive_int, default=None, metavar="S",
                        help="optimizer steps per epoch (batches / gradient accumulation)")
     sched.add_argument("--data-args", metavar="JSON", default=None,
                        help="datamodule arguments of --example (e.g. '{\"batch_size\": 32}'): they set the "
@@ -159,14 +153,6 @@ def _wrap(text: str) -> str:
     return textwrap.fill(text, width=min(shutil.get_terminal_size().columns - 2, 100))
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _version() -> str:
@@ -216,33 +202,8 @@ def _config_source(args: argparse.Namespace) -> str | None:
     return args.config or args.config_opt
 
 
-def _json_object(text: str | None, flag: str) -> dict[str, Any]:
-    if text is None:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{flag}: not valid JSON ({exc.msg} at character {exc.pos}): {text}") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"{flag}: expected a JSON object such as '{{\"hidden\": 64}}', got {text}")
-    return value
 
 
-def _import_class(path: str, flag: str, base: type) -> type:
-    module_name, _, attr = path.rpartition(".")
-    if not module_name:
-        raise UsageError(f"{flag}: expected a dotted path pkg.module.Class, got {path!r}")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m`: modules of the current project are importable
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except ImportError as exc:
-        raise UsageError(f"{flag}: cannot import {module_name!r} ({exc})") from None
-    except AttributeError:
-        raise UsageError(f"{flag}: module {module_name!r} has no {attr!r}") from None
-    if not (inspect.isclass(obj) and issubclass(obj, base)):
-        raise UsageError(f"{flag}: {path} is not a subclass of {base.__module__}.{base.__qualname__}")
-    return obj
 
 
 def _check_takes_optim(cls: type) -> None:
@@ -262,9 +223,9 @@ def _construct(cls: type, flag: str, **kwargs: Any) -> Any:
 def _build_user_model(args: argparse.Namespace, optim: dict[str, Any]) -> Any:
     import lightning as L
 
-    model_cls = _import_class(args.model, "--model", L.LightningModule)
+    model_cls = import_class(args.model, "--model", L.LightningModule)
     _check_takes_optim(model_cls)
-    model_args = _json_object(args.model_args, "--model-args")
+    model_args = json_object(args.model_args, "--model-args")
     if "optim" in model_args:
         raise UsageError("--model-args: leave `optim` out; it comes from CONFIG and --set")
     return _construct(model_cls, "--model-args", optim=optim, **model_args)
@@ -297,8 +258,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         from .demo import get_example, make_example
 
         info = get_example(args.example)
-        model_args = _json_object(args.model_args, "--model-args")
-        data_args = _json_object(args.data_args, "--data-args")
+        model_args = json_object(args.model_args, "--model-args")
+        data_args = json_object(args.data_args, "--data-args")
         try:
             model, data = make_example(info.name, source, overrides=overrides, model_args=model_args,
                                        data_args=data_args)
@@ -316,8 +277,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             raise UsageError("--model needs --data pkg.mod.DataModule")
         optim = load_config(source, overrides).to_dict()
         model = _build_user_model(args, optim)
-        data_cls = _import_class(args.data, "--data", L.LightningDataModule)
-        data = _construct(data_cls, "--data-args", **_json_object(args.data_args, "--data-args"))
+        data_cls = import_class(args.data, "--data", L.LightningDataModule)
+        data = _construct(data_cls, "--data-args", **json_object(args.data_args, "--data-args"))
         name, max_epochs = type(model).__name__, args.max_epochs or 10
         accelerator = args.accelerator or "auto"
         log_every = args.log_every_n_steps or 50
@@ -409,7 +370,7 @@ def _schedule_length(args: argparse.Namespace, example: Any) -> TrainingLength:
 
 
 def _example_steps_per_epoch(example: Any, args: argparse.Namespace) -> int:
-    kwargs = _json_object(args.data_args, "--data-args")
+    kwargs = json_object(args.data_args, "--data-args")
     try:
         data = example.data_cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -636,7 +597,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
     if example is not None:
         from .demo import make_example
 
-        model, _data = make_example(example.name, cfg, model_args=_json_object(args.model_args, "--model-args"))
+        model, _data = make_example(example.name, cfg, model_args=json_object(args.model_args, "--model-args"))
         optimizers, schedulers = _model_optimizers(model, cfg, length)
     elif args.model:
         model = _build_user_model(args, cfg.to_dict())

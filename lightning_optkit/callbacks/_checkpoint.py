@@ -31,6 +31,7 @@ from ._ckpt_store import (
     verify,
     write_emergency,
 )
+from ._reduce import mean_over_ranks
 
 __all__ = ["Checkpoint"]
 
@@ -525,15 +526,7 @@ class Checkpoint(_LightningCheckpoint):
         """The monitored value averaged over ranks (None if a rank lacks it); a collective call."""
         if self.monitor is None:
             return None
-        value = trainer.callback_metrics.get(self.monitor)
-        present = value is not None
-        local = float(torch.as_tensor(value).float().mean()) if present else 0.0
-        if trainer.world_size == 1:
-            return local if present else None
-        t = torch.tensor([local, float(present)], dtype=torch.float64, device=trainer.strategy.root_device)
-        t = trainer.strategy.reduce(t, reduce_op="sum")
-        total, count = float(t[0]), int(round(float(t[1])))
-        return total / count if count == trainer.world_size else None
+        return mean_over_ranks(trainer, self.monitor)
 
     def _format(self, trainer: pl.Trainer, metrics: dict[str, Any]) -> str:
         def sub(m: re.Match[str]) -> str:

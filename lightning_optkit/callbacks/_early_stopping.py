@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..config import ConfigError, did_you_mean
+from ._reduce import mean_over_ranks
 
 __all__ = ["EarlyStopping"]
 
@@ -277,15 +278,7 @@ class EarlyStopping(Callback):
 
     # -- the check -----------------------------------------------------------------------------------
     def _reduced_value(self, trainer: pl.Trainer) -> float | None:
-        value = trainer.callback_metrics.get(self.monitor)
-        present = value is not None
-        local = float(torch.as_tensor(value).detach().float().mean()) if present else 0.0
-        if trainer.world_size == 1:
-            return local if present else None
-        t = torch.tensor([local, float(present)], dtype=torch.float64, device=trainer.strategy.root_device)
-        t = trainer.strategy.reduce(t, reduce_op="sum")
-        total, count = float(t[0]), int(round(float(t[1])))
-        return total / count if count == trainer.world_size else None
+        return mean_over_ranks(trainer, self.monitor)
 
     def _smooth(self, value: float) -> float:
         if self.smoothing == "ema":

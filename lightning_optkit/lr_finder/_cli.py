@@ -15,15 +15,12 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
-import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from .._cli_args import import_class, json_object, positive_float, positive_int
 from ..config import ConfigError, load_config, parse_override
 from ._rules import DEFAULT_RULE, RULES
 
@@ -41,24 +38,8 @@ peak, the peak whose mean LR equals the suggestion), writes the plot as PNG and 
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive, finite number, got {text!r}")
-    return value
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -78,15 +59,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model-args", metavar="JSON", default=None, help="more keyword arguments of the model (JSON)")
     p.add_argument("--data", metavar="pkg.mod.DataModule", help="your LightningDataModule class (with --model)")
     p.add_argument("--data-args", metavar="JSON", default=None, help="keyword arguments of the datamodule (JSON)")
-    p.add_argument("--min-lr", type=_positive_float, default=1e-7, metavar="LR", help="first LR (default 1e-7)")
-    p.add_argument("--max-lr", type=_positive_float, default=10.0, metavar="LR", help="last LR (default 10)")
-    p.add_argument("--num-steps", type=_positive_int, default=100, metavar="N", help="optimizer steps (default 100)")
+    p.add_argument("--min-lr", type=positive_float, default=1e-7, metavar="LR", help="first LR (default 1e-7)")
+    p.add_argument("--max-lr", type=positive_float, default=10.0, metavar="LR", help="last LR (default 10)")
+    p.add_argument("--num-steps", type=positive_int, default=100, metavar="N", help="optimizer steps (default 100)")
     p.add_argument("--mode", choices=("exponential", "linear"), default="exponential", help="LR spacing")
     p.add_argument("--rule", choices=sorted(RULES), default=DEFAULT_RULE,
                    help=f"suggestion rule (default: {DEFAULT_RULE})")
     p.add_argument("--val-batches", type=int, default=0, metavar="N",
                    help="held-out batches whose loss is measured after each step (default 0)")
-    p.add_argument("--max-epochs", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--max-epochs", type=positive_int, default=None, metavar="N",
                    help="epochs of the real run, which sets the schedule's length (default: the example's, else 10)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--accelerator", default=None, metavar="NAME", help="cpu, gpu, auto... (default: cpu for --example)")
@@ -97,33 +78,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _json_object(text: str | None, flag: str) -> dict[str, Any]:
-    if text is None:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(flag, text, f"a JSON object ({exc.msg} at character {exc.pos})") from None
-    if not isinstance(value, dict):
-        raise ConfigError(flag, text, "a JSON object such as '{\"hidden\": 64}'")
-    return value
 
 
-def _import_class(path: str, flag: str, base: type) -> type:
-    module_name, _, attr = path.rpartition(".")
-    if not module_name:
-        raise ConfigError(flag, path, "a dotted path pkg.module.Class")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except ImportError as exc:
-        raise ConfigError(flag, path, f"an importable module ({exc})") from None
-    except AttributeError:
-        raise ConfigError(flag, path, f"a class defined in {module_name}") from None
-    if not (inspect.isclass(obj) and issubclass(obj, base)):
-        raise ConfigError(flag, path, f"a subclass of {base.__module__}.{base.__qualname__}")
-    return obj
 
 
 def _build(args: argparse.Namespace) -> tuple[Any, Any, str, int]:
@@ -138,8 +94,8 @@ def _build(args: argparse.Namespace) -> tuple[Any, Any, str, int]:
 
         info = get_example(args.example)
         model, data = make_example(info.name, args.config, overrides=overrides,
-                                   model_args=_json_object(args.model_args, "--model-args"),
-                                   data_args=_json_object(args.data_args, "--data-args"))
+                                   model_args=json_object(args.model_args, "--model-args"),
+                                   data_args=json_object(args.data_args, "--data-args"))
         return model, data, info.name, args.max_epochs or info.max_epochs
     if not args.model:
         raise ConfigError("--model", None, "--example digits, or CONFIG with --model pkg.mod.Class --data pkg.mod.DataModule")
@@ -148,17 +104,17 @@ def _build(args: argparse.Namespace) -> tuple[Any, Any, str, int]:
     if not args.data:
         raise ConfigError("--data", None, "a LightningDataModule class pkg.mod.DataModule (with --model)")
     optim = load_config(args.config, overrides).to_dict()
-    model_cls = _import_class(args.model, "--model", L.LightningModule)
-    model_args = _json_object(args.model_args, "--model-args")
+    model_cls = import_class(args.model, "--model", L.LightningModule)
+    model_args = json_object(args.model_args, "--model-args")
     if "optim" in model_args:
         raise ConfigError("--model-args.optim", model_args["optim"], "nothing: the optim block comes from CONFIG")
     try:
         model = model_cls(optim=optim, **model_args)
     except TypeError as exc:
         raise ConfigError("--model-args", model_args, f"arguments {model_cls.__qualname__} accepts ({exc})") from None
-    data_cls = _import_class(args.data, "--data", L.LightningDataModule)
+    data_cls = import_class(args.data, "--data", L.LightningDataModule)
     try:
-        data = data_cls(**_json_object(args.data_args, "--data-args"))
+        data = data_cls(**json_object(args.data_args, "--data-args"))
     except TypeError as exc:
         raise ConfigError("--data-args", args.data_args, f"arguments {data_cls.__qualname__} accepts ({exc})") from None
     return model, data, model_cls.__name__, args.max_epochs or 10
