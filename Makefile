@@ -24,6 +24,8 @@ lint:
 bench: install
 	$(PYTHON) benchmarks/bench_schedules.py
 	$(PYTHON) benchmarks/grad_norm_overhead.py
+	$(PYTHON) benchmarks/doctor_suite.py
+	$(PYTHON) benchmarks/autoclip_lr_range.py
 	$(PYTHON) benchmarks/lr_finder_quality.py
 	$(PYTHON) benchmarks/checkpoint_stall.py
 	$(PYTHON) benchmarks/tune_demo_time.py
