@@ -18,8 +18,9 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from samplers import EpochSeededSampler
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_optkit import OptimMixin
 from lightning_optkit.callbacks import Checkpoint, EarlyStopping, GradNormMonitor, NonFiniteGuard
@@ -33,22 +34,6 @@ def _one_thread():
     yield
     torch.set_num_threads(n)
 
-
-class EpochSeededSampler(Sampler[int]):
-    """A shuffling sampler whose order depends only on (seed, epoch)."""
-
-    def __init__(self, n: int, seed: int = 0) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
 
 
 class Net(OptimMixin, L.LightningModule):
