@@ -29,3 +29,4 @@ bench: install
 	$(PYTHON) benchmarks/lr_finder_quality.py
 	$(PYTHON) benchmarks/checkpoint_stall.py
 	$(PYTHON) benchmarks/tune_demo_time.py
+	$(PYTHON) benchmarks/tuning_efficiency.py

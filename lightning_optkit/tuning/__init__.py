@@ -23,6 +23,7 @@ Example:
 """
 
 from ._dist import DistributedContext
+from ._launcher import DeviceSlot, Launcher, plan_slots
 from ._presets import PRESETS, search_preset
 from ._pruning import PruningCallback
 from ._reports import ProgressReporter
@@ -36,9 +37,11 @@ __all__ = [
     "PRESETS",
     "AutoHyperbandPruner",
     "ClassSource",
+    "DeviceSlot",
     "DistributedContext",
     "ExampleSource",
     "FactorySource",
+    "Launcher",
     "LightningCLISource",
     "ModelSource",
     "Param",
@@ -51,6 +54,7 @@ __all__ = [
     "load_search",
     "make_pruner",
     "make_sampler",
+    "plan_slots",
     "redact_url",
     "resolve_storage",
     "search_preset",

@@ -16,12 +16,13 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .._cli_args import UsageError, json_object, positive_float, positive_int
 from ..config import ConfigError, parse_override, read_yaml
+from ._launcher import TrialProcessError
 from ._presets import PRESETS
 from ._study import PRUNERS, SAMPLERS
 
@@ -44,6 +45,8 @@ examples:
   optkit tune --factory mypkg.tuning:build --config base.yaml --search search.yaml --max-epochs 10
   optkit tune --example digits --study digits --resume --trials 60   # continue a study to 60 trials
   optkit tune ... --devices 2 --strategy ddp                          # each trial on 2 processes (rank 0 owns it)
+  optkit tune ... --workers 4 --devices auto                          # 4 trial processes, one GPU each
+  optkit tune ... --workers 2 --storage postgresql://tuner@db/optuna --study s --resume   # on every machine
 
 the search space (YAML, under `search:`), keyed by the config's dotted paths:
   optimizer.name: {choices: [adamw, sgd]}
@@ -55,10 +58,6 @@ presets (--search NAME): """ + ", ".join(sorted(PRESETS)) + """
 outputs go to OUT/STUDY/ (default optkit_tune/<name>/): best_config.yaml, trials.csv, plots/*.png,
 tensorboard/ (tensorboard --logdir ...); the study itself to OUT/optuna.db (optuna-dashboard sqlite:///...).
 """
-
-
-class _UsageError(Exception):
-    pass
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,14 +85,17 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                         "comma-separated for a multi-objective study")
     s.add_argument("--direction", metavar="DIR",
                    help="minimize or maximize (default: from the metric's name); comma-separated with several metrics")
-    s.add_argument("--trials", type=_positive_int, metavar="N",
+    s.add_argument("--trials", type=positive_int, metavar="N",
                    help="finished trials the study should have (default: 20; --example digits: 30); a resumed "
                         "study runs only the missing ones")
-    s.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="stop starting trials after this long")
+    s.add_argument("--timeout", type=positive_float, metavar="SECONDS", help="stop starting trials after this long")
     s.add_argument("--sampler", default="tpe", metavar="NAME", help="one of " + ", ".join(SAMPLERS) + " (default: tpe)")
     s.add_argument("--pruner", default="hyperband", metavar="NAME",
                    help="one of " + ", ".join(PRUNERS) + " (default: hyperband)")
     s.add_argument("--no-base", action="store_true", help="do not run the base config as the first trial")
+    s.add_argument("--recipe", choices=("staged",), default=None,
+                   help="staged: an LR range test per candidate optimizer narrows optimizer.lr (suggestion /4 .. x4), "
+                        "then TPE + Hyperband tune the rest inside it (one study per optimizer)")
 
     st = p.add_argument_group("the study")
     st.add_argument("--storage", metavar="URL",
@@ -103,20 +105,34 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     st.add_argument("--resume", action="store_true", help="continue the study (--study NAME, or the newest one)")
     st.add_argument("--out", default="optkit_tune", metavar="DIR", help="output folder (default: optkit_tune/)")
 
+    sc = p.add_argument_group("scale out (one process per trial; docs/tuning_scale.md)")
+    sc.add_argument("--workers", type=positive_int, metavar="K",
+                    help="run each trial in a fresh process, K at once, each pinned to its devices (a GPU slot via "
+                         "CUDA_VISIBLE_DEVICES, or a share of the CPU threads); default storage: a journal file")
+    sc.add_argument("--devices-per-trial", type=positive_int, default=None, metavar="D",
+                    help="GPUs per trial with --workers (DDP inside the trial when > 1; default 1)")
+    sc.add_argument("--max-retries", type=int, default=2, metavar="N",
+                    help="retry a trial whose process died, with the same parameters, up to N times (default 2)")
+    sc.add_argument("--heartbeat", type=positive_int, default=30, metavar="SECONDS",
+                    help="heartbeat of running trials on a PostgreSQL/MySQL storage (default 30; a trial silent for "
+                         "twice as long is failed and retried)")
+
     t = p.add_argument_group("each trial")
-    t.add_argument("--max-epochs", type=_positive_int, metavar="N",
+    t.add_argument("--max-epochs", type=positive_int, metavar="N",
                    help="epochs per trial (default: the example's, e.g. 10; required for your own model "
                         "unless --max-steps or --trainer max_time=...)")
-    t.add_argument("--max-steps", type=_positive_int, metavar="N", help="optimizer steps per trial")
+    t.add_argument("--max-steps", type=positive_int, metavar="N", help="optimizer steps per trial")
     t.add_argument("--val-check-interval", type=_number, metavar="X",
                    help="validate every X of an epoch (float) or every X batches (int): more pruning points")
     t.add_argument("--accelerator", metavar="NAME", help="cpu, gpu, auto... (default: cpu for --example)")
-    t.add_argument("--devices", metavar="N", help="devices per trial (several: DDP, rank 0 owns the trial)")
+    t.add_argument("--devices", metavar="N",
+                   help="devices per trial (several: DDP, rank 0 owns the trial); with --workers: the devices the "
+                        "workers share: auto (all GPUs), a list such as 0,1,2,3, or cpu")
     t.add_argument("--strategy", metavar="NAME", help="e.g. ddp")
     t.add_argument("--trainer", dest="trainer_args", action="append", default=[], metavar="KEY=VALUE",
                    help="any other L.Trainer argument, e.g. --trainer gradient_clip_val=1.0 (repeatable; YAML values)")
     t.add_argument("--seed", type=int, metavar="S", help="seed of every trial and of the sampler (default: 0)")
-    t.add_argument("--threads", type=_positive_int, metavar="N",
+    t.add_argument("--threads", type=positive_int, metavar="N",
                    help="torch threads during the study (default: unchanged; --example: 1, fastest for tiny models)")
 
     o = p.add_argument_group("output")
@@ -156,24 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(args)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def _number(text: str) -> int | float:
@@ -187,16 +187,6 @@ def _number(text: str) -> int | float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
-def _json_object(text: str | None, flag: str) -> dict[str, Any]:
-    if text is None:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _UsageError(f"{flag}: not valid JSON ({exc.msg} at character {exc.pos}): {text}") from None
-    if not isinstance(value, dict):
-        raise _UsageError(f"{flag}: expected a JSON object such as '{{\"hidden\": 64}}', got {text}")
-    return value
 
 
 def _pairs(items: Sequence[str]) -> dict[str, Any]:
@@ -219,35 +209,35 @@ def tune_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from ._sources import ClassSource, LightningCLISource, is_lightningcli_yaml
 
     if args.config and args.config_opt and args.config != args.config_opt:
-        raise _UsageError(f"two configs given ({args.config} and --config {args.config_opt}); give one")
+        raise UsageError(f"two configs given ({args.config} and --config {args.config_opt}); give one")
     config = args.config or args.config_opt
     chosen = [f for f, v in (("--example", args.example), ("--factory", args.factory), ("--model", args.model)) if v]
     if len(chosen) > 1:
-        raise _UsageError(f"give one of --example, --factory and --model, not {' and '.join(chosen)}")
+        raise UsageError(f"give one of --example, --factory and --model, not {' and '.join(chosen)}")
     if args.data and not args.model:
-        raise _UsageError("--data goes with --model")
+        raise UsageError("--data goes with --model")
     kwargs: dict[str, Any] = {}
-    model_args = _json_object(args.model_args, "--model-args")
-    data_args = _json_object(args.data_args, "--data-args")
+    model_args = json_object(args.model_args, "--model-args")
+    data_args = json_object(args.data_args, "--data-args")
     if args.example:
         kwargs.update(example=args.example, model_args=model_args, data_args=data_args)
     elif args.factory:
         if model_args or data_args:
-            raise _UsageError("--model-args/--data-args go with --model or --example; a factory builds both itself")
+            raise UsageError("--model-args/--data-args go with --model or --example; a factory builds both itself")
         kwargs["model"] = args.factory
     elif args.model:
         if not args.data:
-            raise _UsageError("--model needs --data pkg.mod.DataModule")
+            raise UsageError("--model needs --data pkg.mod.DataModule")
         kwargs["model"] = ClassSource(args.model, args.data, model_args=model_args, data_args=data_args)
     elif config is not None:
         data = read_yaml(config)
         if not is_lightningcli_yaml(data):
-            raise _UsageError(f"{config} is an optim block: say what to train with --example digits, "
+            raise UsageError(f"{config} is an optim block: say what to train with --example digits, "
                               "--model/--data or --factory (or give a LightningCLI config)")
         kwargs["model"] = LightningCLISource(config)
         config = None
     else:
-        raise _UsageError("give --example digits, a LightningCLI config, --model/--data with CONFIG, or --factory")
+        raise UsageError("give --example digits, a LightningCLI config, --model/--data with CONFIG, or --factory")
     if config is not None:
         kwargs["config"] = config
     trainer: dict[str, Any] = _pairs(args.trainer_args)
@@ -256,8 +246,17 @@ def tune_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                        ("strategy", args.strategy)):
         if value is not None:
             trainer[key] = value
-    if args.devices is not None:
+    scaled = args.workers is not None or args.devices_per_trial is not None
+    if args.devices is not None and not scaled:
         trainer["devices"] = int(args.devices) if args.devices.isdigit() else args.devices
+    if scaled:
+        kwargs.update(workers=args.workers, devices=args.devices, devices_per_trial=args.devices_per_trial or 1,
+                      heartbeat_interval=args.heartbeat)
+    if args.max_retries < 0:
+        raise UsageError(f"--max-retries: expected a number >= 0, got {args.max_retries}")
+    kwargs["max_retries"] = args.max_retries
+    if args.recipe is not None:
+        kwargs["recipe"] = args.recipe
     kwargs.update(
         search=args.search,
         overrides=_pairs(args.overrides) or None,
@@ -289,9 +288,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         tune(**tune_kwargs(args))
-    except (ConfigError, _UsageError) as err:
+    except (ConfigError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrialProcessError as err:  # a trial raised in its worker process (--workers)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("optkit tune: interrupted; finished trials are kept (resume with --resume)", file=sys.stderr)
         return 130

@@ -184,20 +184,70 @@ def redact_url(url: Any) -> str:
     return _PASSWORD.sub(lambda m: m.group("head") + "***" + m.group("tail"), url)
 
 
+class FlockJournalLock:
+    """The journal file's write lock as an ``fcntl.flock``: the kernel releases it when its process dies.
+
+    Optuna's own journal locks are files created and deleted around each write; a trial process
+    killed inside a write (SIGKILL, the out-of-memory killer) leaves that file behind, and every other
+    process then waits for its grace period (30 s) before breaking it. A ``flock`` cannot outlive its
+    process. Local file systems only (a journal is for one machine; several machines share an RDB).
+
+    Example:
+        >>> import tempfile, os
+        >>> lock = FlockJournalLock(os.path.join(tempfile.mkdtemp(), "j.log"))
+        >>> lock.acquire()
+        True
+        >>> lock.release()
+    """
+
+    def __init__(self, journal_path: str | os.PathLike[str]) -> None:
+        self._path = os.fspath(journal_path) + ".flock"
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        import fcntl
+
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def _journal_storage(path: str) -> BaseStorage:
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    lock: Any = FlockJournalLock(path) if os.name == "posix" else None
+    return JournalStorage(JournalFileBackend(path, lock_obj=lock))
+
+
 def default_storage_url(out_dir: str | os.PathLike[str]) -> str:
     """The embedded default: an SQLite file ``optuna.db`` in ``out_dir`` (created)."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{Path(out_dir, 'optuna.db').as_posix()}"
 
 
-def resolve_storage(storage: str | os.PathLike[str] | BaseStorage | None, out_dir: str | os.PathLike[str]
-                    ) -> tuple[BaseStorage, str]:
+def resolve_storage(storage: str | os.PathLike[str] | BaseStorage | None, out_dir: str | os.PathLike[str],
+                    *, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                    max_retry: int | None = None) -> tuple[BaseStorage, str]:
     """Open the storage; returns ``(storage, display URL)``.
 
     ``None`` is the embedded default (:func:`default_storage_url`); ``"memory"`` keeps the study in
     this process only; a path ending in ``.db``/``.sqlite`` is an SQLite file; a path ending in
     ``.log``/``.jsonl`` (or ``journal:PATH``) is an Optuna journal file; anything else is an
     SQLAlchemy URL (``sqlite:///...``, ``postgresql://user@host/db``, ``mysql+pymysql://...``).
+
+    With ``heartbeat_interval`` (seconds), an RDB storage records a heartbeat of every running
+    trial; a trial whose heartbeat is older than ``grace_period`` (default: twice the interval) is
+    failed by the next worker and, with ``max_retry``, retried with the same parameters (Optuna's
+    ``RetryFailedTrialCallback``). Journal files and memory have no heartbeat.
 
     Raises:
         ConfigError: ``storage``, when it cannot be opened (the message carries the driver's reason).
@@ -211,9 +261,7 @@ def resolve_storage(storage: str | os.PathLike[str] | BaseStorage | None, out_di
     if text.startswith("journal:") or (("://" not in text) and text.endswith((".log", ".jsonl"))):
         path = text.removeprefix("journal:")
         try:
-            from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-            return JournalStorage(JournalFileBackend(path)), f"journal:{path}"
+            return _journal_storage(path), f"journal:{path}"
         except OSError as exc:
             raise ConfigError("storage", text, "a journal file that can be created and locked",
                               hint=str(exc)) from None
@@ -227,7 +275,13 @@ def resolve_storage(storage: str | os.PathLike[str] | BaseStorage | None, out_di
         engine_kwargs = {"connect_args": {"timeout": 60}} if text.startswith("sqlite") else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            rdb = optuna.storages.RDBStorage(text, engine_kwargs=engine_kwargs)
+            beat: dict[str, Any] = {}
+            if heartbeat_interval:
+                beat = {"heartbeat_interval": int(heartbeat_interval),
+                        "grace_period": int(grace_period or 2 * heartbeat_interval)}
+                if max_retry is not None:
+                    beat["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
+            rdb = optuna.storages.RDBStorage(text, engine_kwargs=engine_kwargs, **beat)
     except ModuleNotFoundError as exc:
         raise ConfigError("storage", redact_url(text), "a URL whose database driver is installed",
                           hint=f"{exc}; e.g. pip install psycopg2-binary (PostgreSQL) or pymysql (MySQL)") from None
@@ -280,7 +334,7 @@ def open_study(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, study_name=study_name,
-                                    directions=list(directions), load_if_exists=exists)
+                                    directions=list(directions), load_if_exists=exists or resume)
     if exists:
         stored = [d.name.lower() for d in study.directions]
         if stored != [d.lower() for d in directions]:

@@ -115,6 +115,13 @@ def tune(
     threads: int | None = None,
     catch: Sequence[type[Exception]] = (),
     verbose: bool = False,
+    workers: int | None = None,
+    devices: str | Sequence[int | str] | None = None,
+    devices_per_trial: int = 1,
+    max_retries: int = 2,
+    heartbeat_interval: int = 30,
+    grace_period: int | None = None,
+    recipe: str | None = None,
 ) -> optuna.Study:
     """Tune the ``optim:`` block with Optuna; returns the study.
 
@@ -164,6 +171,23 @@ def tune(
         threads: ``torch.set_num_threads`` during the study (``None``: unchanged).
         catch: exception types that fail a trial without stopping the study.
         verbose: keep Lightning's and Optuna's per-trial log lines.
+        workers: run each trial in a fresh process, ``workers`` at once (``None``: every trial in this
+            process, as before). Several workers share the study through its storage: the default
+            becomes a journal file ``out_dir/optuna.journal.log``; give a PostgreSQL/MySQL URL to
+            share one study between machines (each runs the same command). See docs/tuning_scale.md.
+        devices: GPUs the workers share: ``"auto"`` (``torch.cuda.device_count()``), a list of ids
+            (``[0, 1]`` or ``"0,1"``) or ``"cpu"``. Each trial process sees only its slot
+            (``CUDA_VISIBLE_DEVICES``); without GPUs each gets ``cpu_count // workers`` threads.
+            Default with ``workers``: ``"auto"``.
+        devices_per_trial: GPUs per trial (DDP inside the trial when > 1).
+        max_retries: a trial whose process died is marked FAIL and retried with the same parameters
+            this many times.
+        heartbeat_interval / grace_period: seconds, for an RDB storage with ``workers``: a trial whose
+            machine stops beating for ``grace_period`` (default 2 x interval) is failed and retried.
+        recipe: ``"staged"``: for each candidate optimizer (the choices of ``optimizer.name``), an
+            LR range test narrows ``optimizer.lr`` to its recommendation / 4 .. x 4, then TPE and
+            Hyperband tune the rest inside it, one study per optimizer (``<name>-<optimizer>``, the
+            trials split evenly); returns the study with the best trial. See ``_staged.py``.
 
     Raises:
         ConfigError: for every bad argument (search space, sampler, pruner, storage, study name,
@@ -180,6 +204,13 @@ def tune(
         >>> study.best_params                                        # doctest: +SKIP
         {'optimizer.lr': 0.0124...}
     """
+    if recipe is not None:
+        args = dict(locals())
+        from ._staged import RECIPES, tune_staged
+
+        if recipe not in RECIPES:
+            raise ConfigError("recipe", recipe, "one of " + ", ".join(RECIPES) + ", or None")
+        return tune_staged(args)
     started = time.perf_counter()
     source = as_source(model, example=example, model_args=model_args, data_args=data_args)
     defaults = EXAMPLE_DEFAULTS.get(source.name, {}) if isinstance(source, ExampleSource) else {}
@@ -248,8 +279,15 @@ def tune(
         return optuna.load_study(study_name=stop.study_name, storage=store)
 
     # -- rank 0: the storage and the study, before any other process starts ------------------------------
+    launch = None
+    if workers is not None or devices is not None:
+        launch = _launch_settings(plan, storage, out_root, workers=workers, devices=devices,
+                                  devices_per_trial=devices_per_trial, threads=threads, max_retries=max_retries,
+                                  heartbeat_interval=heartbeat_interval, sampler=sampler_obj, pruner=pruner_obj)
+        storage = launch["url"]
+        dist = DistributedContext()  # the trial processes run DDP themselves, if asked
     try:
-        store, display = resolve_storage(storage, out_root)
+        store, display = resolve_storage(storage, out_root, **(launch or {}).get("storage_kwargs", {}))
         name = study_name or pick_study_name(store, source.name, resume)
         attrs = {"optkit.monitor": list(monitors), "optkit.plan": plan.describe()}
         with quiet_lightning(verbose):
@@ -273,6 +311,11 @@ def tune(
         study.enqueue_trial(params, user_attrs={"optkit.enqueued": "base config"})
     remaining = None if n_trials is None else max(n_trials - finished, 0)
 
+    if launch is not None:
+        return _run_launcher(study, plan, launch, display, name, remaining, finished, started, n_trials=n_trials,
+                             timeout=timeout, monitors=monitors, directions=directions, progress=progress,
+                             plots=plots, summary=summary, tensorboard=tensorboard, catch=catch, verbose=verbose,
+                             max_retries=max_retries, grace_period=grace_period)
     with quiet_lightning(verbose):
         dist.start()
     saved_threads = _set_threads(threads)
@@ -294,6 +337,88 @@ def tune(
         dist.broadcast(Stop(error=None if error is None else f"{type(error).__name__}: {error}", study_name=name))
         if saved_threads is not None:
             _set_threads(saved_threads)
+        _finish(study, plan, display, time.perf_counter() - started, plots=plots, summary=summary,
+                failed=error is not None)
+    return study
+
+
+def _launch_settings(plan: TrialPlan, storage: Any, out_root: Path, *, workers: int | None, devices: Any,
+                     devices_per_trial: int, threads: int | None, max_retries: int, heartbeat_interval: int,
+                     sampler: BaseSampler, pruner: BasePruner) -> dict[str, Any]:
+    """Check the launcher's arguments before anything starts; choose the storage (see :func:`tune`)."""
+    import pickle
+
+    from ._launcher import plan_slots
+    from ._sources import source_from_description
+
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ConfigError("max_retries", max_retries, "a number of retries >= 0")
+    if isinstance(heartbeat_interval, bool) or not isinstance(heartbeat_interval, int) or heartbeat_interval < 1:
+        raise ConfigError("heartbeat_interval", heartbeat_interval, "a positive number of seconds")
+    slots = plan_slots(workers, "auto" if devices is None else devices, devices_per_trial, threads=threads)
+    gpu = any(s.devices for s in slots)
+    source_from_description(plan.describe()["source"])  # a factory defined in __main__ cannot be rebuilt in a worker
+    if plan.trainer_kwargs.get("callbacks"):
+        raise ConfigError("trainer_kwargs.callbacks", plan.trainer_kwargs["callbacks"],
+                          "no callback objects with workers: each trial runs in a new process that rebuilds it",
+                          hint="put the callbacks in a LightningCLI YAML (trainer.callbacks), or build them in "
+                               "your LightningModule's configure_callbacks()")
+    try:
+        pickle.dumps((sampler, pruner))
+    except Exception as exc:
+        raise ConfigError("sampler", sampler, f"a sampler and pruner that can be pickled for the workers ({exc})") \
+            from None
+    if isinstance(storage, BaseStorage):
+        raise ConfigError("storage", type(storage).__name__, "a URL or file path with workers (each trial process "
+                          "opens the storage itself)")
+    if storage is None:
+        journal = Path(out_root, "optuna.journal.log")
+        url = f"journal:{journal.as_posix()}" if len(slots) > 1 or journal.exists() else None
+        if url is None:
+            url = f"sqlite:///{Path(out_root, 'optuna.db').as_posix()}"
+        out_root.mkdir(parents=True, exist_ok=True)
+    else:
+        url = os.fspath(storage).strip()
+        if url.lower() in ("memory", ":memory:", "inmemory", "in-memory"):
+            raise ConfigError("storage", storage, "a file or database with workers: each trial runs in its own process",
+                              hint="leave storage unset for a journal file in out_dir")
+    is_rdb = "://" in url and not url.startswith("sqlite")
+    kwargs = {"heartbeat_interval": heartbeat_interval, "max_retry": max_retries} if is_rdb else {}
+    return {"url": url, "slots": slots, "gpu": gpu, "storage_kwargs": kwargs,
+            "heartbeat_interval": heartbeat_interval if is_rdb else None, "sampler": sampler, "pruner": pruner}
+
+
+def _run_launcher(study: optuna.Study, plan: TrialPlan, launch: dict[str, Any], display: str, name: str,
+                  remaining: int | None, finished: int, started: float, *, n_trials: int | None,
+                  timeout: float | None, monitors: Sequence[str], directions: Sequence[str], progress: bool | None,
+                  plots: bool, summary: bool, tensorboard: bool, catch: Sequence[type[Exception]], verbose: bool,
+                  max_retries: int, grace_period: int | None) -> optuna.Study:
+    from ._launcher import Launcher
+
+    reporter = ProgressReporter(monitors, directions, total=remaining, timeout=timeout,
+                                enabled=progress if progress is not None else True)
+    slots = launch["slots"]
+    where = ", ".join(f"[{','.join(s.devices)}]" if s.devices else f"{s.threads} thread(s)" for s in slots)
+    if progress is not False:
+        print(f"optkit tune: study {name!r} in {display}: {len(slots)} worker process(es), one per trial: {where}",
+              flush=True)
+    launcher = Launcher(study, launch["url"], plan.out_dir, slots, n_trials=n_trials, timeout=timeout,
+                        max_retries=max_retries, sampler=launch["sampler"], pruner=launch["pruner"],
+                        heartbeat_interval=launch["heartbeat_interval"], grace_period=grace_period,
+                        gpu=launch["gpu"], tensorboard=tensorboard, catch=tuple(catch), verbose=verbose,
+                        on_trial_end=reporter)
+    error: BaseException | None = None
+    try:
+        if remaining == 0:
+            launcher.recover()
+            print(f"optkit tune: study {name!r} already has {finished} finished trials (n_trials={n_trials})", flush=True)
+        else:
+            launcher.run()
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        reporter.close()
         _finish(study, plan, display, time.perf_counter() - started, plots=plots, summary=summary,
                 failed=error is not None)
     return study

@@ -1,0 +1,193 @@
+"""Tuning efficiency: what pruning and the staged recipe save, and what one process per trial costs.
+
+Part 1 -- the same trial budget on two tasks (the digits example, and a noisy two-moons MLP defined
+here), ``--seeds`` seeds, three methods:
+
+  (a) random search, no pruning;  (b) TPE with Hyperband;  (c) the staged recipe (LR range test per
+  optimizer, then TPE + Hyperband inside the narrowed range; the range tests' steps are counted).
+
+For each it prints the best objective, the optimizer steps trained in all (also as epochs), and for
+(b)/(c) the steps spent until a trial first reached (a)'s best of the same seed, as a fraction of
+(a)'s total (target: <= 1/3). Ratios are exact (the studies are seeded); wall times are noisy.
+
+Part 2 -- the launcher (``workers=``, digits, ``--worker-trials`` trials of 1 epoch): the fixed
+overhead per trial (wall time less training time, with 1 worker, the study's set-up included;
+target <= 1.5 s) and the throughput of 2 workers against 1 (target >= 1.7x on 2 cores).
+``OPTKIT_FORK_SERVER=0`` measures plain ``python -m`` trial processes instead of the fork server.
+
+Run: ``python benchmarks/tuning_efficiency.py`` (``--trials N --seeds S --epochs E``; ``--part 1|2``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import optuna
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_optkit import OptimMixin
+from lightning_optkit.tuning import tune
+
+SEARCH = {"optimizer.name": {"choices": ["adamw", "sgd"]},
+          "optimizer.lr": {"low": 1e-5, "high": 1.0, "log": True},
+          "optimizer.weight_decay": {"low": 1e-6, "high": 1e-1, "log": True},
+          "optimizer.momentum": {"low": 0.0, "high": 0.99, "when": {"optimizer.name": "sgd"}}}
+BASE = {"optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}, "loss": {"name": "cross_entropy"}}
+QUIET = dict(plots=False, tensorboard=False, summary=False, progress=False)
+FIND_LR_STEPS = 100  # find_lr's default num_steps
+
+
+class MoonsNet(OptimMixin, L.LightningModule):
+    """A 2 -> 64 -> 64 -> 2 MLP on noisy two moons; logs val_acc."""
+
+    def __init__(self, optim: dict) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.loss_fn(self.net(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_acc", (self.net(x).argmax(-1) == y).float().mean())
+
+
+class MoonsData(L.LightningDataModule):
+    def __init__(self, n: int = 1024, noise: float = 0.25, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        t = torch.rand(n, generator=g) * math.pi
+        upper = torch.rand(n, generator=g) < 0.5
+        x = torch.stack([torch.where(upper, torch.cos(t), 1 - torch.cos(t)),
+                         torch.where(upper, torch.sin(t), 0.5 - torch.sin(t))], 1)
+        x = x + noise * torch.randn(n, 2, generator=g)
+        y = (~upper).long()
+        split = int(0.8 * n)
+        self.train_ds, self.val_ds = TensorDataset(x[:split], y[:split]), TensorDataset(x[split:], y[split:])
+
+    def train_dataloader(self):
+        return DataLoader(self.train_ds, batch_size=64, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_ds, batch_size=256)
+
+
+def build_moons(optim: dict):
+    return MoonsNet(optim), MoonsData()
+
+
+def _steps(study: optuna.Study) -> list[tuple[int, float | None]]:
+    out = []
+    for t in sorted(study.trials, key=lambda t: t.number):
+        run = t.user_attrs.get("optkit.run", {})
+        out.append((int(run.get("steps", 0)), t.value if t.state == optuna.trial.TrialState.COMPLETE else None))
+    return out
+
+
+def _run_method(task: str, method: str, seed: int, trials: int, epochs: int, out: Path):
+    model = dict(example="digits") if task == "digits" else dict(model=build_moons)
+    common = dict(search=SEARCH, config=BASE, monitor="val_acc", n_trials=trials, seed=seed,
+                  trainer_kwargs={"max_epochs": epochs, "accelerator": "cpu", "devices": 1}, out_dir=out, **QUIET)
+    if method == "random":
+        studies = [tune(**model, sampler="random", pruner="none", **common)]
+        extra = 0
+    elif method == "tpe+hyperband":
+        studies = [tune(**model, sampler="tpe", pruner="hyperband", **common)]
+        extra = 0
+    else:
+        tune(**model, recipe="staged", **common)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
+        studies = [optuna.load_study(study_name=s.study_name, storage=storage)
+                   for s in optuna.get_all_study_summaries(storage)]
+        extra = FIND_LR_STEPS * len(studies)
+    seq: list[tuple[int, float | None]] = []
+    for st in studies:  # the staged studies ran one after the other
+        seq.extend(_steps(st))
+    return seq, extra
+
+
+def part1(trials: int, seeds: int, epochs: int) -> None:
+    print(f"part 1: {trials} trials of <= {epochs} epochs, {seeds} seeds (steps: optimizer steps trained)")
+    print(f"{'task':7} {'method':14} {'seed':>4} {'best':>7} {'steps':>7} {'to reach (a)':>13} {'fraction':>9}")
+    fractions: dict[str, list[float]] = {}
+    for task in ("digits", "moons"):
+        for seed in range(seeds):
+            ref_best = ref_steps = None
+            for method in ("random", "tpe+hyperband", "staged"):
+                with tempfile.TemporaryDirectory() as tmp:
+                    seq, extra = _run_method(task, method, seed, trials, epochs, Path(tmp))
+                values = [v for _, v in seq if v is not None]
+                best = max(values) if values else float("nan")
+                total = extra + sum(s for s, _ in seq)
+                reach = None
+                if ref_best is not None:
+                    spent = extra
+                    for steps, v in seq:
+                        spent += steps
+                        if v is not None and v >= ref_best - 1e-9:
+                            reach = spent
+                            break
+                else:
+                    ref_best, ref_steps = best, total
+                frac = None if reach is None or not ref_steps else reach / ref_steps
+                if method != "random":
+                    fractions.setdefault(method, []).append(frac if frac is not None else float("inf"))
+                print(f"{task:7} {method:14} {seed:>4} {best:>7.4f} {total:>7} "
+                      f"{'-' if method == 'random' else (reach if reach is not None else 'never'):>13} "
+                      f"{'' if frac is None else f'{frac:.2f}':>9}", flush=True)
+    for method, fr in fractions.items():
+        ok = sum(f <= 1 / 3 for f in fr)
+        print(f"{method}: reached random search's best with <= 1/3 of its steps in {ok}/{len(fr)} runs "
+              f"(median fraction {sorted(fr)[len(fr) // 2]:.2f})")
+
+
+def part2(trials: int) -> None:
+    print(f"\npart 2: the launcher, digits, {trials} trials of 1 epoch, pruning off")
+    walls = {}
+    for workers in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            study = tune(example="digits", n_trials=trials, pruner="none", workers=workers, devices="cpu",
+                         enqueue_base=False, trainer_kwargs={"max_epochs": 1}, out_dir=tmp, **QUIET)
+            walls[workers] = time.perf_counter() - t0
+            train = sum(t.user_attrs.get("optkit.run", {}).get("seconds", 0.0) for t in study.trials)
+            if workers == 1:
+                overhead = (walls[1] - train) / trials
+        print(f"workers={workers}: {walls[workers]:.1f} s wall for {trials} trials "
+              f"({trials / walls[workers] * 60:.1f} trials/min)", flush=True)
+    print(f"fixed overhead per trial process (1 worker): {overhead:.2f} s (target <= 1.5 s)")
+    print(f"throughput 2 workers / 1 worker: {walls[1] / walls[2]:.2f}x (target >= 1.7x; {os.cpu_count()} CPUs, "
+          f"load {os.getloadavg()[0]:.1f})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--worker-trials", type=int, default=12)
+    p.add_argument("--part", choices=("1", "2", "all"), default="all")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    if args.part in ("1", "all"):
+        part1(args.trials, args.seeds, args.epochs)
+    if args.part in ("2", "all"):
+        part2(args.worker_trials)
+
+
+if __name__ == "__main__":
+    main()

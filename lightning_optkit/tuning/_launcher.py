@@ -1,0 +1,420 @@
+"""The launcher: one fresh process per trial, each pinned to its device slot, sharing one study.
+
+Optuna's own ``n_jobs`` runs trials in threads of one process: GPU memory and global state leak
+from one trial into the next, and every trial sees every GPU. Here the study lives in a shared
+storage (a journal file on one machine, PostgreSQL/MySQL across machines) and the launcher keeps a
+pool of *slots* busy: each slot is a set of GPUs (``CUDA_VISIBLE_DEVICES``) or, on a CPU-only
+machine, a share of the CPU threads (``OMP_NUM_THREADS``). For every free slot it starts
+``python -m lightning_optkit.tuning._worker``, which asks the study for one trial, trains it and
+tells the result, then exits -- so all its memory is released.
+
+Crash safety: a trial process that dies (SIGKILL, out-of-memory killer, segfault) cannot tell its
+trial; the launcher notices the exit, marks the trial FAIL (it is never left RUNNING) and enqueues a
+new trial with the same parameters, up to ``max_retries`` times. A launcher that dies itself leaves
+RUNNING trials behind: on an RDB storage the other machines fail them once their heartbeat is stale
+(Optuna's ``RetryFailedTrialCallback`` retries them); on a journal file the next launcher on the
+same machine fails the trials whose process is gone when it starts (``--resume``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ..config import ConfigError
+
+__all__ = ["DeviceSlot", "Launcher", "TrialProcessError", "fail_and_retry", "plan_slots"]
+
+WORKER_KEY = "optkit.worker"      # user attribute: {"token", "host", "pid", "slot", "devices"} of the trial's process
+ATTEMPT_KEY = "optkit.attempt"    # 1 for a first try, 2 for its first retry...
+RETRY_OF_KEY = "optkit.retry_of"  # the number of the trial this one retries
+EXIT_TRIAL_ERROR = 3              # the worker's exit code when the trial raised (it told FAIL itself)
+ORPHAN_AFTER_S = 60.0             # a RUNNING trial with no worker record this old lost its process before it said who
+
+
+class TrialProcessError(RuntimeError):
+    """A trial raised in its worker process (its message and log file are in the text); the study stopped."""
+
+
+@dataclass(frozen=True)
+class DeviceSlot:
+    """What one trial process may use: GPU ids (``CUDA_VISIBLE_DEVICES``) or, without GPUs, CPU threads.
+
+    Example:
+        >>> DeviceSlot(0, ("2", "3")).env()["CUDA_VISIBLE_DEVICES"]
+        '2,3'
+        >>> DeviceSlot(1, (), threads=4).env()["OMP_NUM_THREADS"]
+        '4'
+    """
+
+    index: int
+    devices: tuple[str, ...]
+    threads: int | None = None
+
+    def env(self) -> dict[str, str]:
+        """The environment variables that pin a process to this slot."""
+        env: dict[str, str] = {"OPTKIT_SLOT": str(self.index)}
+        if self.devices:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.devices)
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU slot sees no GPU
+        if self.threads is not None:
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                env[var] = str(self.threads)
+        return env
+
+
+def _parse_devices(devices: Any) -> list[str] | None:
+    """``None``/``"cpu"`` -> no GPU; ``"auto"`` -> ``torch.cuda.device_count()`` GPUs; a list or ``"0,1"`` -> those ids."""
+    if devices is None:
+        return None
+    if isinstance(devices, str):
+        text = devices.strip().lower()
+        if text == "cpu":
+            return []
+        if text == "auto":
+            import torch
+
+            return [str(i) for i in range(torch.cuda.device_count())]
+        parts = [p.strip() for p in devices.split(",") if p.strip()]
+    elif isinstance(devices, int) and not isinstance(devices, bool):
+        raise ConfigError("devices", devices, "'auto', 'cpu' or a list of device ids such as [0, 1] or '0,1'",
+                          hint="a number would be ambiguous (a count or an id?); write devices='0,1,2,3'")
+    elif isinstance(devices, (list, tuple)):
+        parts = [str(p).strip() for p in devices]
+    else:
+        raise ConfigError("devices", devices, "'auto', 'cpu' or a list of device ids such as [0, 1] or '0,1'")
+    if not parts or any(not p for p in parts) or len(set(parts)) != len(parts):
+        raise ConfigError("devices", devices, "distinct device ids, e.g. [0, 1, 2, 3]")
+    return parts
+
+
+def plan_slots(workers: int | None, devices: Any = "auto", devices_per_trial: int = 1,
+               cpu_count: int | None = None, threads: int | None = None) -> list[DeviceSlot]:
+    """Split the devices into slots of ``devices_per_trial``; without GPUs, split the CPU threads among ``workers``.
+
+    ``workers=None`` means one worker per slot (GPUs), or one on a CPU-only machine.
+
+    Raises:
+        ConfigError: more workers than slots, a device list that does not divide into slots.
+
+    Example:
+        >>> [s.devices for s in plan_slots(None, devices=[0, 1, 2, 3], devices_per_trial=2)]
+        [('0', '1'), ('2', '3')]
+        >>> [s.threads for s in plan_slots(2, devices="cpu", cpu_count=8)]
+        [4, 4]
+    """
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError("workers", workers, "a positive number of trial processes running at once")
+    if isinstance(devices_per_trial, bool) or not isinstance(devices_per_trial, int) or devices_per_trial < 1:
+        raise ConfigError("devices_per_trial", devices_per_trial, "a positive integer")
+    ids = _parse_devices(devices)
+    if ids:
+        if len(ids) % devices_per_trial:
+            raise ConfigError("devices_per_trial", devices_per_trial,
+                              f"a divisor of the {len(ids)} devices {','.join(ids)}",
+                              hint="each trial gets its own devices_per_trial devices; leftovers would sit idle")
+        n_slots = len(ids) // devices_per_trial
+        if workers is not None and workers > n_slots:
+            raise ConfigError("workers", workers, f"at most {n_slots} worker(s): {len(ids)} device(s) in slots of "
+                              f"{devices_per_trial}", hint="no two running trials share a device")
+        n = workers or n_slots
+        return [DeviceSlot(i, tuple(ids[i * devices_per_trial:(i + 1) * devices_per_trial])) for i in range(n)]
+    n = workers or 1
+    cpus = cpu_count or os.cpu_count() or 1
+    share = threads if threads is not None else max(1, cpus // n)
+    return [DeviceSlot(i, (), threads=share) for i in range(n)]
+
+
+def _attempt(trial: FrozenTrial) -> int:
+    return int(trial.user_attrs.get(ATTEMPT_KEY, 1))
+
+
+def fail_and_retry(study: optuna.Study, trial: FrozenTrial, max_retries: int, reason: str) -> int | None:
+    """Mark a RUNNING trial FAIL and enqueue its parameters again (while ``max_retries`` allows).
+
+    Returns the attempt number of the retry, or ``None`` when none was enqueued. Safe to call for a
+    trial that finished meanwhile (then it does nothing).
+    """
+    storage = study._storage
+    try:  # the reason first: a journal refuses (and replays the refusal of) any write to a finished trial
+        storage.set_trial_user_attr(trial._trial_id, "optkit.fail_reason", reason)
+        changed = storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:  # it finished meanwhile
+        return None
+    if not changed:
+        return None
+    attempt = _attempt(trial)
+    if attempt > max_retries:
+        return None
+    origin = trial.user_attrs.get(RETRY_OF_KEY, trial.number)
+    study.enqueue_trial(dict(trial.params), user_attrs={ATTEMPT_KEY: attempt + 1, RETRY_OF_KEY: origin},
+                        skip_if_exists=False)
+    return attempt + 1
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class _Child:
+    token: str
+    slot: DeviceSlot
+    proc: Any  # subprocess.Popen, or a ZygoteChild (the same pid/poll/wait)
+    log: Path
+    started: float
+    seen: bool = False
+
+
+@dataclass
+class Launcher:
+    """Keep every slot busy with one-trial worker processes until the study has ``n_trials`` or ``timeout``.
+
+    The study must already exist in ``storage_url`` with its ``optkit.plan`` user attribute (what
+    :func:`~lightning_optkit.tuning.tune` writes); :func:`tune` with ``workers=`` builds this for you.
+
+    Example:
+        >>> launcher = Launcher(study, "journal:optkit_tune/optuna.journal.log",
+        ...                     out_dir=Path("optkit_tune/digits"), slots=plan_slots(2, "cpu"),
+        ...                     n_trials=20)          # doctest: +SKIP
+        >>> launcher.run()                            # doctest: +SKIP
+    """
+
+    study: optuna.Study
+    storage_url: str
+    out_dir: Path
+    slots: Sequence[DeviceSlot]
+    n_trials: int | None = None
+    timeout: float | None = None
+    max_retries: int = 2
+    sampler: Any = None
+    pruner: Any = None
+    heartbeat_interval: int | None = None
+    grace_period: int | None = None
+    gpu: bool = False
+    tensorboard: bool = True
+    catch: Sequence[type[BaseException]] = ()
+    verbose: bool = False
+    on_trial_end: Callable[[optuna.Study, FrozenTrial], None] | None = None
+    poll: float = 0.25
+    fork_server: bool = field(default_factory=lambda: os.environ.get("OPTKIT_FORK_SERVER", "1") != "0")
+    children: list[_Child] = field(default_factory=list)
+    crashes: int = 0
+
+    def __post_init__(self) -> None:
+        self.host = socket.gethostname()
+        self._id = uuid.uuid4().hex[:12]
+        self._dir = self.out_dir / "workers"
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._objects = self._dir / f"launcher_{self._id}.pkl"
+        with open(self._objects, "wb") as f:
+            pickle.dump({"sampler": self.sampler, "pruner": self.pruner}, f)
+        self._error: str | None = None
+        self._deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        self._last_sweep = 0.0
+        self._zygote: Any = None
+
+    # -- the pool ----------------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Run until done; a trial that raised (outside ``catch``) stops new trials and raises at the end."""
+        self.recover()
+        try:
+            while True:
+                self._reap()
+                self._sweep()
+                busy = {c.slot.index for c in self.children}
+                stopping = self._error is not None or (self._deadline is not None and time.monotonic() > self._deadline)
+                need = self._needed()
+                if not stopping and need > 0:
+                    for slot in self.slots:
+                        if need <= 0:
+                            break
+                        if slot.index not in busy:
+                            self._spawn(slot)
+                            busy.add(slot.index)
+                            need -= 1
+                if not self.children and (stopping or (self.n_trials is not None and self._finished() >= self.n_trials)):
+                    break
+                time.sleep(self.poll)
+        except BaseException:
+            self._stop_children()
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                self._objects.unlink()
+            if self._zygote is not None:
+                self._zygote.close()
+                self._zygote = None
+        if self._error is not None:
+            raise TrialProcessError(self._error)
+
+    def _finished(self) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+    def _needed(self) -> int:
+        """Trials still to start: the target less the finished, the running (any machine) and ours not yet running."""
+        if self.n_trials is None:
+            return len(self.slots)
+        trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                               TrialState.RUNNING))
+        running_tokens = set()
+        count = 0
+        for t in trials:
+            count += 1
+            if t.state == TrialState.RUNNING:
+                running_tokens.add((t.user_attrs.get(WORKER_KEY) or {}).get("token"))
+        not_yet = sum(1 for c in self.children if c.token not in running_tokens and not c.seen)
+        return self.n_trials - count - not_yet
+
+    def _spawn(self, slot: DeviceSlot) -> None:
+        token = f"{self._id}-{uuid.uuid4().hex[:8]}"
+        env = dict(os.environ)
+        env.update(slot.env())
+        env["OPTKIT_STORAGE_URL"] = self.storage_url  # not on the command line: `ps` shows arguments to everyone
+        env["OPTKIT_TOKEN"] = token
+        paths = [p for p in sys.path if p and os.path.isdir(p)]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([os.getcwd(), *paths]))
+        cmd = [sys.executable, "-m", "lightning_optkit.tuning._worker", "--study", self.study.study_name,
+               "--out", str(self.out_dir), "--objects", str(self._objects), "--slot", str(slot.index)]
+        if slot.threads is not None:
+            cmd += ["--threads", str(slot.threads)]
+        if self.gpu and slot.devices:
+            cmd += ["--gpus", str(len(slot.devices))]
+        if self.heartbeat_interval:
+            cmd += ["--heartbeat", str(self.heartbeat_interval), "--grace", str(self.grace_period or
+                                                                                 2 * self.heartbeat_interval),
+                    "--max-retries", str(self.max_retries)]
+        if not self.tensorboard:
+            cmd.append("--no-tensorboard")
+        if self.verbose:
+            cmd.append("--verbose")
+        for exc in self.catch:
+            cmd += ["--catch", f"{exc.__module__}.{exc.__qualname__}"]
+        log = self._dir / f"{token}.log"
+        proc: Any = None
+        if self.fork_server and len(slot.devices) <= 1:  # DDP re-runs the command line: several devices need one
+            if self._zygote is None:
+                from ._zygote import Zygote
+
+                self._zygote = Zygote()
+            proc = self._zygote.start(cmd[3:], env, log)
+            if proc is None:  # the fork server could not start: plain processes from now on
+                self.fork_server = False
+        if proc is None:
+            with open(log, "wb") as f:
+                proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        self.children.append(_Child(token, slot, proc, log, time.monotonic()))
+
+    def _trial_of(self, token: str) -> FrozenTrial | None:
+        for t in self.study.get_trials(deepcopy=False):
+            if (t.user_attrs.get(WORKER_KEY) or {}).get("token") == token:
+                return t
+        return None
+
+    def _reap(self) -> None:
+        for child in list(self.children):
+            rc = child.proc.poll()
+            if rc is None:
+                if not child.seen and self._trial_of(child.token) is not None:
+                    child.seen = True
+                continue
+            self.children.remove(child)
+            trial = self._trial_of(child.token)
+            if trial is not None and trial.state == TrialState.RUNNING:
+                how = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
+                self.crashes += 1
+                retry = fail_and_retry(self.study, trial, self.max_retries,
+                                       f"its process (pid {child.proc.pid}) died: {how}")
+                note = f"retried as attempt {retry}" if retry else "not retried (max_retries reached)"
+                print(f"optkit tune: trial {trial.number}'s process died ({how}); FAIL, {note} "
+                      f"(log: {child.log})", file=sys.stderr, flush=True)
+                trial = self.study._storage.get_trial(trial._trial_id)
+            elif rc == EXIT_TRIAL_ERROR:
+                tail = child.log.read_text(errors="replace").strip().splitlines()[-1:] if child.log.exists() else []
+                number = trial.number if trial is not None else "?"
+                self._error = self._error or (f"trial {number} failed: {tail[0] if tail else 'see ' + str(child.log)}"
+                                              f" (full log: {child.log})")
+            elif rc != 0 and trial is None:
+                self.crashes += 1
+                tail = child.log.read_text(errors="replace").strip().splitlines()[-3:] if child.log.exists() else []
+                print(f"optkit tune: a worker exited with code {rc} before its trial started: "
+                      + " | ".join(tail), file=sys.stderr, flush=True)
+            if rc == 0:
+                self.crashes = 0
+                with contextlib.suppress(OSError):
+                    child.log.unlink()
+            if self.crashes > 2 * len(self.slots) * (self.max_retries + 1) + 2:
+                self._error = self._error or (f"trial processes keep dying ({self.crashes} in a row); see the logs in "
+                                              f"{self._dir}")
+            if trial is not None and self.on_trial_end is not None and trial.state.is_finished():
+                self.on_trial_end(self.study, trial)
+
+    def _sweep(self) -> None:
+        """Every few seconds: stale trials of dead machines (RDB heartbeats) and orphans without a worker record."""
+        now = time.monotonic()
+        if now - self._last_sweep < 5.0:
+            return
+        self._last_sweep = now
+        from optuna.storages._heartbeat import fail_stale_trials, is_heartbeat_enabled
+
+        if is_heartbeat_enabled(self.study._storage):
+            fail_stale_trials(self.study)  # RetryFailedTrialCallback (the storage's) enqueues the retries
+        cutoff = datetime.now() - timedelta(seconds=ORPHAN_AFTER_S)
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if WORKER_KEY not in t.user_attrs and t.datetime_start is not None and t.datetime_start < cutoff \
+                    and not self.heartbeat_interval:
+                fail_and_retry(self.study, t, self.max_retries, "its process died before it registered")
+
+    def recover(self) -> int:
+        """Fail (and retry) the RUNNING trials of this machine whose process is gone; returns how many."""
+        n = 0
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            info = t.user_attrs.get(WORKER_KEY) or {}
+            mine_and_dead = info.get("host") == self.host and info.get("pid") and not _pid_alive(int(info["pid"]))
+            if mine_and_dead and fail_and_retry(self.study, t, self.max_retries,
+                                                "its process was gone when the study resumed"):
+                n += 1
+        if n:
+            print(f"optkit tune: {n} trial(s) left RUNNING by a dead process: FAIL, retried", file=sys.stderr,
+                  flush=True)
+        return n
+
+    def _stop_children(self) -> None:
+        """On Ctrl-C or an error: stop every trial process and fail its trial (no retry: the user stopped it)."""
+        for child in self.children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for child in self.children:
+            try:
+                child.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                child.proc.wait()
+            trial = self._trial_of(child.token)
+            if trial is not None and trial.state == TrialState.RUNNING:
+                fail_and_retry(self.study, trial, -1, "stopped by the launcher")
+        self.children.clear()

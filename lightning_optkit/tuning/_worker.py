@@ -1,0 +1,133 @@
+"""One trial in a fresh process: ``python -m lightning_optkit.tuning._worker --study NAME --out DIR ...``.
+
+Started by the :class:`~lightning_optkit.tuning._launcher.Launcher`, one per trial: it opens the
+shared storage (its URL comes in the ``OPTKIT_STORAGE_URL`` environment variable, never on the
+command line), rebuilds the plan from the study's ``optkit.plan`` attribute, asks for a trial,
+records who runs it (``optkit.worker``: token, host, pid, slot, ``CUDA_VISIBLE_DEVICES``), trains
+it and tells the result. On an RDB storage with heartbeats, it first fails stale trials of dead
+machines and beats while it trains. With ``--gpus N > 1`` the trial runs with DDP on its N
+devices (rank 0 owns the trial, as in :func:`~lightning_optkit.tuning.tune`).
+
+Exit codes: 0 the trial was told (COMPLETE, PRUNED, or FAIL for an exception in ``--catch``);
+3 the trial raised (told FAIL; the launcher stops the study); anything else: the process died.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import socket
+import sys
+import traceback
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lightning_optkit.tuning._worker", description=__doc__.splitlines()[0])
+    p.add_argument("--study", required=True)
+    p.add_argument("--out", required=True, help="the study's output folder")
+    p.add_argument("--objects", help="pickle with the sampler and pruner")
+    p.add_argument("--slot", type=int, default=0)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--gpus", type=int, help="devices of this trial (its CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--heartbeat", type=int)
+    p.add_argument("--grace", type=int)
+    p.add_argument("--max-retries", type=int)
+    p.add_argument("--catch", action="append", default=[])
+    p.add_argument("--no-tensorboard", action="store_true")
+    p.add_argument("--verbose", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one trial; returns the exit code (see the module docstring)."""
+    args = _parser().parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    import optuna
+
+    from ._dist import DistributedContext, Stop
+    from ._launcher import EXIT_TRIAL_ERROR, WORKER_KEY
+    from ._runner import TrialPlan, TrialRunner, quiet_lightning
+    from ._study import redact_url, resolve_storage
+
+    url = os.environ.get("OPTKIT_STORAGE_URL")
+    if not url:
+        print("optkit worker: OPTKIT_STORAGE_URL is not set", file=sys.stderr)
+        return 2
+    sampler = pruner = None
+    if args.objects and Path(args.objects).exists():
+        with open(args.objects, "rb") as f:
+            objects = pickle.load(f)
+        sampler, pruner = objects.get("sampler"), objects.get("pruner")
+    if sampler is not None and hasattr(sampler, "reseed_rng"):
+        sampler.reseed_rng()  # every process starts from the same pickled state: draw fresh random numbers
+    store, display = resolve_storage(url, args.out, heartbeat_interval=args.heartbeat, grace_period=args.grace,
+                                     max_retry=args.max_retries)
+    with quiet_lightning(args.verbose):
+        study = optuna.load_study(study_name=args.study, storage=store, sampler=sampler, pruner=pruner)
+    desc = study.user_attrs.get("optkit.plan")
+    if desc is None:
+        print(f"optkit worker: study {args.study!r} in {redact_url(display)} has no optkit.plan", file=sys.stderr)
+        return 2
+    trainer_kwargs = {}
+    if args.gpus and str(desc.get("trainer", {}).get("accelerator", "auto")) != "cpu":
+        trainer_kwargs["devices"] = args.gpus
+        if args.gpus > 1 and not desc.get("trainer", {}).get("strategy"):
+            trainer_kwargs["strategy"] = "ddp"
+    plan = TrialPlan.from_description(desc, args.out, trainer_kwargs=trainer_kwargs,
+                                      tensorboard=not args.no_tensorboard, threads=args.threads)
+    with quiet_lightning(args.verbose):
+        dist = DistributedContext.from_trainer_kwargs(plan.trainer_kwargs)
+        rank = dist.expected_rank()
+        dist.start()
+    runner = TrialRunner(plan, dist)
+    if rank != 0:  # a DDP rank of a multi-device trial: train what rank 0 sends
+        with quiet_lightning(args.verbose):
+            runner.follow()
+        return 0
+
+    from optuna.storages._heartbeat import fail_stale_trials, get_heartbeat_thread, is_heartbeat_enabled
+
+    if is_heartbeat_enabled(study._storage):
+        fail_stale_trials(study)
+    code = 0
+    with quiet_lightning(args.verbose):
+        trial = study.ask()
+        study._storage.set_trial_user_attr(trial._trial_id, WORKER_KEY, {
+            "token": os.environ.get("OPTKIT_TOKEN"), "host": socket.gethostname(), "pid": os.getpid(),
+            "slot": args.slot, "devices": os.environ.get("CUDA_VISIBLE_DEVICES")})
+        try:
+            try:
+                with get_heartbeat_thread(trial._trial_id, study._storage):
+                    value = runner(trial)
+            except optuna.TrialPruned:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            except Exception as exc:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                caught = any(f"{cls.__module__}.{cls.__qualname__}" in args.catch for cls in type(exc).__mro__)
+                traceback.print_exc()
+                print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                code = 0 if caught else EXIT_TRIAL_ERROR
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    study.tell(trial, value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # another process failed this trial meanwhile (its heartbeat looked stale): a retry is queued
+            print(f"optkit worker: trial {trial.number} was failed by another process; its result is dropped",
+                  file=sys.stderr, flush=True)
+        finally:
+            dist.broadcast(Stop(study_name=args.study))
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
