@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="optkit",
         description="Declarative optimizers, schedules and losses for PyTorch Lightning: "
-                    "train with an optim config and inspect its learning-rate schedule.",
+                    "train with an optim config, inspect its learning-rate schedule, find the LR "
+                    "and tune the config with Optuna.",
         epilog="Run `optkit COMMAND --help` for the options of a command. "
                "Config mistakes exit with status 2 and one `error:` line naming the key.",
     )
