@@ -18,6 +18,15 @@ from lightning_optkit.config import TrainingLength
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Keep one intra-op thread in every test, whatever a test before it set."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 class TinyNet(nn.Module):
     """``backbone`` (a stack: Linear, LayerNorm, Linear) and ``head``: 4 -> 2."""
 

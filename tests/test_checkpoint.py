@@ -25,13 +25,6 @@ OPTIM = {"optimizer": {"name": "adam", "lr": 0.01}}
 SCRIPT = [0.9, 0.7, 0.5, 0.8, 0.4, 0.6, 0.95, 0.45]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class Net(OptimMixin, L.LightningModule):
     """Trains a tiny regression; logs ``val_loss`` (real) and ``score`` (scripted per validation run)."""

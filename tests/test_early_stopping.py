@@ -21,14 +21,6 @@ from lightning_optkit import ConfigError
 from lightning_optkit.callbacks import Checkpoint, EarlyStopping
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Scripted(L.LightningModule):
     """Trains a real (tiny) regression; logs ``metric`` = ``values[k]`` at the k-th validation run."""
 

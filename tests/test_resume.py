@@ -18,43 +18,14 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from samplers import EpochSeededSampler
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from training_helpers import EpochSeededSampler, TinyClassifier
 
-from lightning_optkit import OptimMixin
 from lightning_optkit.callbacks import Checkpoint, EarlyStopping, GradNormMonitor, NonFiniteGuard
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: intra-op threads only add contention (and minutes on a loaded 2-core runner)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
-class Net(OptimMixin, L.LightningModule):
-    def __init__(self, optim: dict[str, Any], dropout: float = 0.1) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.backbone = nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), nn.Tanh(), nn.Dropout(dropout))
-        self.head = nn.Linear(16, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = nn.functional.cross_entropy(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y = batch
-        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+def Net(optim: dict[str, Any]) -> TinyClassifier:
+    return TinyClassifier(optim, dropout=0.1)
 
 
 class LRRecorder(Callback):

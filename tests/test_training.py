@@ -10,32 +10,13 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, GradientAccumulationScheduler, ModelCheckpoint
-from samplers import EpochSeededSampler
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from training_helpers import EpochSeededSampler, TinyClassifier
 
-from lightning_optkit import ConfigError, OptimMixin
+from lightning_optkit import ConfigError
 
-
-class Net(OptimMixin, L.LightningModule):
-    def __init__(self, optim: dict[str, Any]) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.backbone = nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), nn.Tanh())
-        self.head = nn.Linear(16, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = nn.functional.cross_entropy(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y = batch
-        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+Net = TinyClassifier
 
 
 def _data(n: int = 64, batch_size: int = 4) -> tuple[DataLoader, DataLoader]:

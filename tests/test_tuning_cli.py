@@ -9,7 +9,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 import yaml
 
 from lightning_optkit.tuning._cli import add_parser, main, run, tune_kwargs
@@ -17,13 +16,6 @@ from lightning_optkit.tuning._cli import add_parser, main, run, tune_kwargs
 SCRIPTS = Path(__file__).resolve().parent / "ddp_scripts"
 sys.path.insert(0, str(SCRIPTS))
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def _optkit(argv: list[str]) -> int:

@@ -9,7 +9,6 @@ from pathlib import Path
 import lightning as L
 import optuna
 import pytest
-import torch
 
 from lightning_optkit import ConfigError
 from lightning_optkit.tuning import PruningCallback
@@ -19,13 +18,6 @@ from tuning_models import TinyData, TinyNet
 
 OPTIM = {"optimizer": {"name": "adamw", "lr": 1e-2}}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def _study(tmp_path, pruner=None, directions=("minimize",)) -> optuna.Study:

@@ -27,13 +27,6 @@ TINY_BASE = {"optimizer": {"name": "adamw", "lr": 1e-2}}
 QUIET = dict(plots=False, tensorboard=False, summary=False, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models train fastest on one thread, and 2 cores are shared
-    yield
-    torch.set_num_threads(saved)
-
 
 def _tiny(tmp_path: Path, **kwargs):
     args = dict(config=TINY_BASE, monitor="val_loss", n_trials=2, storage=f"sqlite:///{tmp_path / 'study.db'}",
