@@ -34,7 +34,7 @@ from typing import Any
 
 from ._cli_args import UsageError, import_class, json_object, positive_int
 from ._io import atomic_write_bytes
-from .config import ConfigError, OptimBlock, OptimConfig, TrainingLength, load_config, parse_override
+from .config import ConfigError, OptimBlock, OptimConfig, TrainingLength, load_config, parse_overrides
 
 __all__ = ["LRTrace", "UsageError", "build_parser", "main", "simulate"]
 
@@ -189,13 +189,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 # Shared helpers
 
 
-def _overrides(items: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, value = parse_override(item)
-        out[key] = value
-    return out
-
 
 def _config_source(args: argparse.Namespace) -> str | None:
     if args.config and args.config_opt and args.config != args.config_opt:
@@ -244,7 +237,7 @@ def _check_example_or_model(args: argparse.Namespace) -> None:
 def _cmd_fit(args: argparse.Namespace) -> int:
     _check_example_or_model(args)
     source = _config_source(args)
-    overrides = _overrides(args.overrides)
+    overrides = parse_overrides(args.overrides)
     if not args.example and not args.model:
         raise UsageError("give --example digits, or CONFIG with --model pkg.mod.Class --data pkg.mod.DataModule")
 
@@ -580,7 +573,7 @@ def _cumsum(values: Sequence[int]) -> list[int]:
 def _cmd_schedule(args: argparse.Namespace) -> int:
     _check_example_or_model(args)
     source = _config_source(args)
-    overrides = _overrides(args.overrides)
+    overrides = parse_overrides(args.overrides)
     example = None
     if args.example:
         from .demo import get_example

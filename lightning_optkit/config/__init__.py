@@ -6,7 +6,7 @@ checks with :func:`register_validator` so a misspelt name fails at load time.
 
 from ._durations import Duration, TrainingLength, parse_duration
 from ._errors import ConfigError, did_you_mean
-from ._loading import apply_overrides, load_config, parse_override, read_yaml
+from ._loading import apply_overrides, load_config, parse_override, parse_overrides, read_yaml
 from ._schema import (
     LossConfig,
     OptimBlock,
@@ -33,6 +33,7 @@ __all__ = [
     "load_config",
     "parse_duration",
     "parse_override",
+    "parse_overrides",
     "read_yaml",
     "register_validator",
     "validate",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import yaml
 from ._errors import ConfigError
 from ._schema import OptimConfig, validate
 
-__all__ = ["apply_overrides", "load_config", "parse_override", "read_yaml"]
+__all__ = ["apply_overrides", "load_config", "parse_override", "parse_overrides", "read_yaml"]
 
 ConfigSource = str | os.PathLike | Mapping[str, Any] | OptimConfig
 
@@ -88,6 +88,16 @@ def parse_override(text: str) -> tuple[str, Any]:
         except ValueError:
             pass
     return key.strip(), value
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["optimizer.lr=1e-3", "scheduler.name=onecycle"]`` -> a dict for :func:`load_config`'s overrides.
+
+    Example:
+        >>> parse_overrides(["optimizer.lr=1e-3", "scheduler.name=onecycle"])
+        {'optimizer.lr': 0.001, 'scheduler.name': 'onecycle'}
+    """
+    return dict(parse_override(item) for item in items)
 
 
 def load_config(source: ConfigSource, overrides: Mapping[str, Any] | None = None) -> OptimConfig:

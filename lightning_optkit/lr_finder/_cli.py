@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .._cli_args import import_class, json_object, positive_float, positive_int
-from ..config import ConfigError, load_config, parse_override
+from ..config import ConfigError, load_config, parse_overrides
 from ._rules import DEFAULT_RULE, RULES
 
 __all__ = ["add_parser", "run"]
@@ -86,7 +86,7 @@ def _build(args: argparse.Namespace) -> tuple[Any, Any, str, int]:
     """``(model, datamodule, name, max_epochs)`` from the arguments."""
     import lightning as L
 
-    overrides = dict(parse_override(item) for item in args.overrides)
+    overrides = parse_overrides(args.overrides)
     if args.example and args.model:
         raise ConfigError("--model", args.model, "nothing with --example (give one of them)")
     if args.example:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._cli_args import UsageError, json_object, positive_float, positive_int
-from ..config import ConfigError, parse_override, read_yaml
+from ..config import ConfigError, parse_overrides, read_yaml
 from ._launcher import TrialProcessError
 from ._presets import PRESETS
 from ._study import PRUNERS, SAMPLERS
@@ -189,13 +189,6 @@ def _number(text: str) -> int | float:
 
 
 
-def _pairs(items: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, value = parse_override(item)
-        out[key] = value
-    return out
-
 
 def _split(text: str | None) -> str | list[str] | None:
     if text is None:
@@ -240,7 +233,7 @@ def tune_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("give --example digits, a LightningCLI config, --model/--data with CONFIG, or --factory")
     if config is not None:
         kwargs["config"] = config
-    trainer: dict[str, Any] = _pairs(args.trainer_args)
+    trainer: dict[str, Any] = parse_overrides(args.trainer_args)
     for key, value in (("max_epochs", args.max_epochs), ("max_steps", args.max_steps),
                        ("val_check_interval", args.val_check_interval), ("accelerator", args.accelerator),
                        ("strategy", args.strategy)):
@@ -259,7 +252,7 @@ def tune_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["recipe"] = args.recipe
     kwargs.update(
         search=args.search,
-        overrides=_pairs(args.overrides) or None,
+        overrides=parse_overrides(args.overrides) or None,
         monitor=_split(args.monitor),
         direction=_split(args.direction),
         n_trials=args.trials,
