@@ -43,6 +43,9 @@ def test_plan_slots_declared_list_and_cpu_shares():
     assert [(s.threads, s.env()["OMP_NUM_THREADS"], s.env()["CUDA_VISIBLE_DEVICES"]) for s in cpu] == [
         (1, "1", ""), (1, "1", "")]
     assert DeviceSlot(0, ("3",)).env()["OPTKIT_SLOT"] == "0"
+    ddp_cpu = plan_slots(1, devices="cpu", devices_per_trial=2, cpu_count=2)  # DDP on CPU: 2 processes, 1 thread each
+    assert [(s.processes, s.threads, s.size) for s in ddp_cpu] == [(2, 1, 2)]
+    assert [s.size for s in slots] == [2, 2]
 
 
 @pytest.mark.parametrize("kwargs, key", [
@@ -90,6 +93,41 @@ def test_each_trial_sees_only_its_device_slot(tmp_path, monkeypatch, fork_server
             if b["start"] < a["end"]:  # ran at the same time
                 assert a["cuda"] != b["cuda"]
     assert {r["cuda"] for r in spans} == {"0", "1"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices, cuda", [(["0", "1"], "0,1"), ("cpu", "")], ids=["declared-pair", "cpu-processes"])
+def test_a_trial_may_itself_run_ddp_on_its_slot(tmp_path, monkeypatch, devices, cuda):
+    """devices_per_trial=2: each trial is a DDP job of 2 ranks (gloo on CPU) on its slot; rank 0 owns the trial."""
+    record = tmp_path / "record.jsonl"
+    monkeypatch.setenv("OPTKIT_TEST_RECORD", str(record))
+    study = tune(FACTORY, SEARCH, config=BASE, monitor="val_loss", n_trials=2, pruner="none", workers=1,
+                 devices=devices, devices_per_trial=2, trainer_kwargs={"max_epochs": 2, "accelerator": "cpu"},
+                 out_dir=tmp_path / "out", **QUIET)
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 2 and len(study.trials) == 2
+    recs = _records(record)
+    assert len(recs) == 4  # two processes per trial
+    for t in trials:
+        info = t.user_attrs[WORKER_KEY]
+        assert info["devices"] == cuda
+        rank0 = next(r for r in recs if r["pid"] == info["pid"])  # the worker that asked for the trial is rank 0
+        assert rank0["rank"] == 0 and rank0["world"] == 2
+        ranks = [r for r in recs if r["lr"] == t.params["optimizer.lr"]]
+        assert sorted(r["rank"] for r in ranks) == [0, 1]
+        assert len({r["pid"] for r in ranks}) == 2 and all(r["cuda"] == cuda for r in ranks)
+        assert ranks[0]["weights"] == ranks[1]["weights"]  # DDP kept the ranks in step
+        # 64 points, batches of 8, split over 2 ranks: 4 steps an epoch, 2 epochs
+        assert ranks[0]["steps"] == ranks[1]["steps"] == t.user_attrs["optkit.run"]["steps"] == 8
+        if devices == "cpu":
+            assert {r["threads"] for r in ranks} == {max(1, (os.cpu_count() or 1) // 2)}
+
+
+def test_trainer_devices_that_contradict_devices_per_trial_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"trainer_kwargs\.devices.*devices_per_trial=2"):
+        tune(FACTORY, SEARCH, config=BASE, monitor="val_loss", n_trials=1, workers=1, devices="cpu",
+             devices_per_trial=2, trainer_kwargs={"max_epochs": 1, "devices": 3}, out_dir=tmp_path, **QUIET)
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "optuna.journal.log").exists()
 
 
 # -- crash recovery --------------------------------------------------------------------------------------------

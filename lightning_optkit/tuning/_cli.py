@@ -110,7 +110,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                     help="run each trial in a fresh process, K at once, each pinned to its devices (a GPU slot via "
                          "CUDA_VISIBLE_DEVICES, or a share of the CPU threads); default storage: a journal file")
     sc.add_argument("--devices-per-trial", type=positive_int, default=None, metavar="D",
-                    help="GPUs per trial with --workers (DDP inside the trial when > 1; default 1)")
+                    help="devices per trial with --workers (DDP inside the trial when > 1: GPUs, or CPU processes "
+                         "with --devices cpu; default 1)")
     sc.add_argument("--max-retries", type=int, default=2, metavar="N",
                     help="retry a trial whose process died, with the same parameters, up to N times (default 2)")
     sc.add_argument("--heartbeat", type=positive_int, default=30, metavar="SECONDS",

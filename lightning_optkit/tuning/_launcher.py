@@ -53,18 +53,29 @@ class TrialProcessError(RuntimeError):
 
 @dataclass(frozen=True)
 class DeviceSlot:
-    """What one trial process may use: GPU ids (``CUDA_VISIBLE_DEVICES``) or, without GPUs, CPU threads.
+    """What one trial may use: GPU ids (``CUDA_VISIBLE_DEVICES``) or, without GPUs, CPU threads.
+
+    A trial runs on :attr:`size` devices: its GPUs, or on a CPU-only slot ``processes`` DDP
+    processes of ``threads`` threads each. More than one means DDP inside the trial.
 
     Example:
         >>> DeviceSlot(0, ("2", "3")).env()["CUDA_VISIBLE_DEVICES"]
         '2,3'
         >>> DeviceSlot(1, (), threads=4).env()["OMP_NUM_THREADS"]
         '4'
+        >>> DeviceSlot(0, (), threads=2, processes=2).size
+        2
     """
 
     index: int
     devices: tuple[str, ...]
     threads: int | None = None
+    processes: int = 1
+
+    @property
+    def size(self) -> int:
+        """The trial's devices: its GPUs, or its CPU processes."""
+        return len(self.devices) or self.processes
 
     def env(self) -> dict[str, str]:
         """The environment variables that pin a process to this slot."""
@@ -108,6 +119,9 @@ def plan_slots(workers: int | None, devices: Any = "auto", devices_per_trial: in
                cpu_count: int | None = None, threads: int | None = None) -> list[DeviceSlot]:
     """Split the devices into slots of ``devices_per_trial``; without GPUs, split the CPU threads among ``workers``.
 
+    Without GPUs, ``devices_per_trial > 1`` runs each trial as that many DDP processes on the CPU
+    (gloo), the threads split among all of them.
+
     ``workers=None`` means one worker per slot (GPUs), or one on a CPU-only machine.
 
     Raises:
@@ -118,6 +132,8 @@ def plan_slots(workers: int | None, devices: Any = "auto", devices_per_trial: in
         [('0', '1'), ('2', '3')]
         >>> [s.threads for s in plan_slots(2, devices="cpu", cpu_count=8)]
         [4, 4]
+        >>> [(s.processes, s.threads) for s in plan_slots(1, devices="cpu", devices_per_trial=2, cpu_count=8)]
+        [(2, 4)]
     """
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigError("workers", workers, "a positive number of trial processes running at once")
@@ -137,8 +153,8 @@ def plan_slots(workers: int | None, devices: Any = "auto", devices_per_trial: in
         return [DeviceSlot(i, tuple(ids[i * devices_per_trial:(i + 1) * devices_per_trial])) for i in range(n)]
     n = workers or 1
     cpus = cpu_count or os.cpu_count() or 1
-    share = threads if threads is not None else max(1, cpus // n)
-    return [DeviceSlot(i, (), threads=share) for i in range(n)]
+    share = threads if threads is not None else max(1, cpus // (n * devices_per_trial))
+    return [DeviceSlot(i, (), threads=share, processes=devices_per_trial) for i in range(n)]
 
 
 def _attempt(trial: FrozenTrial) -> int:
@@ -300,8 +316,8 @@ class Launcher:
                "--out", str(self.out_dir), "--objects", str(self._objects), "--slot", str(slot.index)]
         if slot.threads is not None:
             cmd += ["--threads", str(slot.threads)]
-        if self.gpu and slot.devices:
-            cmd += ["--gpus", str(len(slot.devices))]
+        if (self.gpu and slot.devices) or slot.size > 1:
+            cmd += ["--devices", str(slot.size)]
         if self.heartbeat_interval:
             cmd += ["--heartbeat", str(self.heartbeat_interval), "--grace", str(self.grace_period or
                                                                                  2 * self.heartbeat_interval),
@@ -314,7 +330,7 @@ class Launcher:
             cmd += ["--catch", f"{exc.__module__}.{exc.__qualname__}"]
         log = self._dir / f"{token}.log"
         proc: Any = None
-        if self.fork_server and len(slot.devices) <= 1:  # DDP re-runs the command line: several devices need one
+        if self.fork_server and slot.size == 1:  # DDP re-runs the command line: several devices need one
             if self._zygote is None:
                 from ._zygote import Zygote
 

@@ -179,7 +179,8 @@ def tune(
             (``[0, 1]`` or ``"0,1"``) or ``"cpu"``. Each trial process sees only its slot
             (``CUDA_VISIBLE_DEVICES``); without GPUs each gets ``cpu_count // workers`` threads.
             Default with ``workers``: ``"auto"``.
-        devices_per_trial: GPUs per trial (DDP inside the trial when > 1).
+        devices_per_trial: devices per trial, DDP inside the trial when > 1: GPUs, or on a CPU-only
+            machine (``devices="cpu"``) CPU processes (gloo), the threads split among them.
         max_retries: a trial whose process died is marked FAIL and retried with the same parameters
             this many times.
         heartbeat_interval / grace_period: seconds, for an RDB storage with ``workers``: a trial whose
@@ -357,6 +358,13 @@ def _launch_settings(plan: TrialPlan, storage: Any, out_root: Path, *, workers: 
         raise ConfigError("heartbeat_interval", heartbeat_interval, "a positive number of seconds")
     slots = plan_slots(workers, "auto" if devices is None else devices, devices_per_trial, threads=threads)
     gpu = any(s.devices for s in slots)
+    per_trial = plan.trainer_kwargs.get("devices")
+    if isinstance(per_trial, int) and not isinstance(per_trial, bool) and per_trial > 1 \
+            and per_trial != devices_per_trial:  # (a source's default devices=1 just gives way to the slot)
+        raise ConfigError("trainer_kwargs.devices", per_trial,
+                          f"unset or {devices_per_trial} with workers: devices_per_trial={devices_per_trial} sets "
+                          "the devices of each trial", hint=f"use devices_per_trial={per_trial} "
+                          "(--devices-per-trial) and let devices= (--devices) list what the workers share")
     source_from_description(plan.describe()["source"])  # a factory defined in __main__ cannot be rebuilt in a worker
     if plan.trainer_kwargs.get("callbacks"):
         raise ConfigError("trainer_kwargs.callbacks", plan.trainer_kwargs["callbacks"],
@@ -398,7 +406,9 @@ def _run_launcher(study: optuna.Study, plan: TrialPlan, launch: dict[str, Any], 
     reporter = ProgressReporter(monitors, directions, total=remaining, timeout=timeout,
                                 enabled=progress if progress is not None else True)
     slots = launch["slots"]
-    where = ", ".join(f"[{','.join(s.devices)}]" if s.devices else f"{s.threads} thread(s)" for s in slots)
+    where = ", ".join(f"[{','.join(s.devices)}]" if s.devices else
+                      (f"{s.processes} DDP processes x " if s.processes > 1 else "") + f"{s.threads} thread(s)"
+                      for s in slots)
     if progress is not False:
         print(f"optkit tune: study {name!r} in {display}: {len(slots)} worker process(es), one per trial: {where}",
               flush=True)

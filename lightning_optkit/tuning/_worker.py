@@ -5,8 +5,9 @@ shared storage (its URL comes in the ``OPTKIT_STORAGE_URL`` environment variable
 command line), rebuilds the plan from the study's ``optkit.plan`` attribute, asks for a trial,
 records who runs it (``optkit.worker``: token, host, pid, slot, ``CUDA_VISIBLE_DEVICES``), trains
 it and tells the result. On an RDB storage with heartbeats, it first fails stale trials of dead
-machines and beats while it trains. With ``--gpus N > 1`` the trial runs with DDP on its N
-devices (rank 0 owns the trial, as in :func:`~lightning_optkit.tuning.tune`).
+machines and beats while it trains. With ``--devices N > 1`` the trial runs with DDP on its N
+devices -- its GPUs, or N processes on a CPU-only slot (rank 0 owns the trial, as in
+:func:`~lightning_optkit.tuning.tune`; Lightning re-runs this command for the other ranks).
 
 Exit codes: 0 the trial was told (COMPLETE, PRUNED, or FAIL for an exception in ``--catch``);
 3 the trial raised (told FAIL; the launcher stops the study); anything else: the process died.
@@ -34,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--objects", help="pickle with the sampler and pruner")
     p.add_argument("--slot", type=int, default=0)
     p.add_argument("--threads", type=int)
-    p.add_argument("--gpus", type=int, help="devices of this trial (its CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--devices", type=int, help="devices of this trial: its GPUs (CUDA_VISIBLE_DEVICES), or CPU processes")
     p.add_argument("--heartbeat", type=int)
     p.add_argument("--grace", type=int)
     p.add_argument("--max-retries", type=int)
@@ -77,10 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if desc is None:
         print(f"optkit worker: study {args.study!r} in {redact_url(display)} has no optkit.plan", file=sys.stderr)
         return 2
-    trainer_kwargs = {}
-    if args.gpus and str(desc.get("trainer", {}).get("accelerator", "auto")) != "cpu":
-        trainer_kwargs["devices"] = args.gpus
-        if args.gpus > 1 and not desc.get("trainer", {}).get("strategy"):
+    trainer_kwargs: dict = {}
+    if args.devices:  # the slot decides; with accelerator="cpu" a slot's devices are CPU processes
+        trainer_kwargs["devices"] = args.devices
+        if args.devices > 1 and not desc.get("trainer", {}).get("strategy"):
             trainer_kwargs["strategy"] = "ddp"
     plan = TrialPlan.from_description(desc, args.out, trainer_kwargs=trainer_kwargs,
                                       tensorboard=not args.no_tensorboard, threads=args.threads)

@@ -1,8 +1,9 @@
 """Factories the scale-out tests tune in worker processes.
 
 ``build`` trains the tiny 4 -> 3 classifier of ``tests/ddp_scripts/tuning_models.py``; each trial
-appends one JSON line to ``$OPTKIT_TEST_RECORD`` (when set): its pid, the ``CUDA_VISIBLE_DEVICES`` it
-sees, and when it started and ended training. ``$OPTKIT_TEST_STEP_SLEEP`` seconds of sleep per
+appends one JSON line per process to ``$OPTKIT_TEST_RECORD`` (when set): its pid, the
+``CUDA_VISIBLE_DEVICES`` it sees, when it started and ended training, its DDP rank and world size,
+its thread count and a checksum of its final weights (ranks of one trial must agree). ``$OPTKIT_TEST_STEP_SLEEP`` seconds of sleep per
 training step make a trial long enough to be killed in the middle.
 """
 
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ddp_scripts"))
 from tuning_models import TinyData, TinyNet
@@ -36,7 +38,10 @@ class RecordingNet(TinyNet):
         path = os.environ.get("OPTKIT_TEST_RECORD")
         if path:
             line = {"pid": os.getpid(), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": self._t0,
-                    "end": time.time(), "lr": self.hparams.optim["optimizer"]["lr"]}
+                    "end": time.time(), "lr": self.hparams.optim["optimizer"]["lr"],
+                    "rank": self.trainer.global_rank, "world": self.trainer.world_size,
+                    "steps": self.trainer.global_step, "threads": torch.get_num_threads(),
+                    "weights": [round(float(p.double().sum()), 12) for p in self.parameters()]}
             with open(path, "a") as f:
                 f.write(json.dumps(line) + "\n")
 
