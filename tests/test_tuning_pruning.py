@@ -25,9 +25,9 @@ def _study(tmp_path, pruner=None, directions=("minimize",)) -> optuna.Study:
                                directions=list(directions))
 
 
-def _fit(callback, max_epochs=2, **kwargs) -> tuple[L.Trainer, TinyNet]:
+def _fit(callback, max_epochs=2, optim=OPTIM, **kwargs) -> tuple[L.Trainer, TinyNet]:
     L.seed_everything(0, verbose=False)
-    model = TinyNet(OPTIM)
+    model = TinyNet(optim)
     trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[callback], **kwargs)
     trainer.fit(model, datamodule=TinyData(n=64, batch_size=8))
@@ -82,6 +82,28 @@ def test_a_pruned_trial_stops_at_that_validation_and_is_recorded_pruned(tmp_path
     t = study.trials[0]
     assert t.state == optuna.trial.TrialState.PRUNED and after_fit == []
     assert sorted(t.intermediate_values) == [4]
+
+
+@pytest.mark.parametrize("pruner", ["median", "none"])
+def test_a_diverged_trial_is_pruned_unless_the_study_never_prunes(tmp_path, pruner):
+    """SGD at lr=1e30: the weights are non-finite after the first steps. A pruning study stops the trial at its
+    first validation (the median pruner alone would wait for 5 startup trials); pruner 'none' trains it out."""
+    nop = pruner == "none"
+    study = _study(tmp_path, pruner=optuna.pruners.NopPruner() if nop else optuna.pruners.MedianPruner(n_startup_trials=5))
+
+    def objective(trial):
+        trainer, _ = _fit(PruningCallback(trial, "val_loss"), max_epochs=3, val_check_interval=0.5,
+                          optim={"optimizer": {"name": "sgd", "lr": 1e30}})
+        return trainer.global_step
+
+    study.optimize(objective, n_trials=1)
+    t = study.trials[0]
+    if nop:
+        assert t.state == optuna.trial.TrialState.COMPLETE and t.value == 24
+        assert "optkit.diverged" not in t.user_attrs
+    else:
+        assert t.state == optuna.trial.TrialState.PRUNED
+        assert t.user_attrs["optkit.diverged"] == 4 == max(t.intermediate_values)
 
 
 def test_a_metric_never_logged_is_a_config_error_at_the_first_validation(tmp_path):

@@ -163,6 +163,57 @@ def test_base_params_are_what_the_first_trial_enqueues():
                                                          "scheduler.warmup": "5%"}
 
 
+VARIANTS = {"optimizer.name": {"choices": ["adamw", "sgd"]},
+            "optimizer.lr@adamw": {"low": 1e-4, "high": 1e-2, "log": True, "when": {"optimizer.name": "adamw"}},
+            "optimizer.lr@sgd": {"low": 1e-2, "high": 1.0, "log": True, "when": {"optimizer.name": "sgd"}},
+            "optimizer.momentum": {"low": 0.0, "high": 0.9, "when": {"optimizer.name": "sgd"}}}
+
+
+def test_variants_search_one_key_with_a_range_per_condition():
+    space = SearchSpace.from_dict(VARIANTS)
+    base = {"optimizer": {"name": "adamw", "lr": 1e-3}}
+    space.validate(base)
+    assert SearchSpace.from_dict(space.to_dict()) == space
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        overrides = space.sample(trial, base)
+        name, lr = overrides["optimizer.name"], overrides["optimizer.lr"]  # the config key, never `@label`
+        assert set(trial.params) - {"optimizer.name", "optimizer.momentum"} == {f"optimizer.lr@{name}"}
+        assert (1e-4 <= lr <= 1e-2) if name == "adamw" else (1e-2 <= lr <= 1.0)
+        assert load_config(base, overrides).optimizer.lr == lr
+        assert space.overrides_from_params(trial.params, base) == overrides
+        seen.add(name)
+    assert seen == {"adamw", "sgd"}
+    assert space.base_params(base) == ({"optimizer.name": "adamw", "optimizer.lr@adamw": 1e-3}, [])
+    assert space.base_params({"optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.5}})[0] == {
+        "optimizer.name": "sgd", "optimizer.lr@sgd": 0.5, "optimizer.momentum": 0.5}
+
+
+@pytest.mark.parametrize("spec, path, words", [
+    ({"optimizer.lr@a": {"low": 1e-4, "high": 1e-2}, "optimizer.lr": {"low": 1e-2, "high": 1.0}},
+     "search.optimizer.lr", "excludes optimizer.lr@a"),
+    ({"optimizer.name": {"choices": ["adamw", "sgd"]},
+      "optimizer.lr@a": {"low": 1e-4, "high": 1e-2, "when": {"optimizer.name": ["adamw", "sgd"]}},
+      "optimizer.lr@b": {"low": 1e-2, "high": 1.0, "when": {"optimizer.name": "sgd"}}},
+     "search.optimizer.lr@b", "both set optimizer.lr"),
+    ({"optimizer.lr@": {"low": 1e-4, "high": 1e-2}}, "search.optimizer.lr@", "PATH@LABEL"),
+    ({"optimizer.lrr@x": {"low": 1e-4, "high": 1e-2}}, "search.optimizer.lrr@x", "optimizer"),
+])
+def test_variants_that_could_both_apply_are_rejected(spec, path, words):
+    with pytest.raises(ConfigError, match=words) as info:
+        SearchSpace.from_dict(spec).validate({"optimizer": {"name": "adamw", "lr": 1e-3}})
+    assert info.value.path == path
+
+
+def test_a_bad_variant_range_is_blamed_on_the_variant():
+    spec = {**VARIANTS, "optimizer.lr@sgd": {"low": -1.0, "high": 1.0, "when": {"optimizer.name": "sgd"}}}
+    with pytest.raises(ConfigError, match="optimizer.lr: got -1.0") as info:
+        SearchSpace.from_dict(spec).validate({"optimizer": {"name": "adamw", "lr": 1e-3}})
+    assert info.value.path == "search.optimizer.lr@sgd" and info.value.value == -1.0
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets_validate_and_match_configs_search_yaml(name):
     space, base = load_search(name)
@@ -189,6 +240,8 @@ def test_load_search_errors():
 
 def test_sampler_and_pruner_names():
     assert type(make_sampler("tpe", seed=0)).__name__ == "TPESampler"
+    assert make_sampler("tpe", seed=0)._n_startup_trials == 10  # Optuna's default without a budget
+    assert make_sampler("tpe", seed=0, n_trials=20)._n_startup_trials == 5  # a quarter of a small budget
     assert type(make_sampler("GP", seed=0)).__name__ == "GPSampler"
     assert type(make_pruner("hyperband")).__name__ == "AutoHyperbandPruner"
     assert type(make_pruner("none")).__name__ == "NopPruner"

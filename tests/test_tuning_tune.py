@@ -185,6 +185,10 @@ def test_a_metric_never_logged_fails_the_first_trial_and_the_study_resumes(tmp_p
         ({"model": "no_such_module_xyz:build"}, "model"),
         ({"trainer_kwargs": {"max_epochs": 1, "strategy": "ddp_spawn", "devices": 2, "accelerator": "cpu"}},
          "trainer_kwargs.strategy"),
+        ({"enqueue": {"optimizer.lr": 0.05}}, "enqueue"),
+        ({"enqueue": [{"optimizer.lr": -1}]}, "enqueue.0.optimizer.lr"),
+        ({"enqueue": [{"optimizer.lr": 0.05}, {"optimizer": {"name": "adamw", "lr": 1e-3, "betas": [2, 0]}}]},
+         "enqueue.1.optimizer"),
     ],
 )
 def test_bad_arguments_fail_before_the_storage_is_touched(tmp_path, kwargs, path):
@@ -192,6 +196,15 @@ def test_bad_arguments_fail_before_the_storage_is_touched(tmp_path, kwargs, path
         _tiny(tmp_path, **kwargs)
     assert info.value.path == path, str(info.value)
     assert not (tmp_path / "study.db").exists()
+
+
+def test_enqueued_configs_run_first_after_the_base(tmp_path):
+    study = _tiny(tmp_path, n_trials=3, enqueue=[{"optimizer.lr": 0.05},
+                                                 {"optimizer": {"name": "adamw", "lr": 2e-3, "weight_decay": 1e-3}}])
+    lrs = [t.user_attrs["optkit.config"]["optimizer"]["lr"] for t in study.trials]
+    assert lrs == [1e-2, 0.05, 2e-3]
+    assert study.trials[2].params == {"optimizer.lr": 2e-3, "optimizer.weight_decay": 1e-3}
+    assert [t.user_attrs.get("optkit.enqueued") for t in study.trials] == ["base config", "enqueue[0]", "enqueue[1]"]
 
 
 # -- other model sources -------------------------------------------------------------------------------------

@@ -90,6 +90,23 @@ def _foreach_norm(tensors: list[Tensor], ord: float) -> list[Tensor]:
         return [torch.linalg.vector_norm(t.float(), ord) for t in tensors]
 
 
+def first_nonfinite(params: Sequence[Tensor]) -> int | None:
+    """The index of the first tensor holding a NaN or an infinity, or ``None`` (one host read).
+
+    Example:
+        >>> first_nonfinite([torch.ones(2), torch.tensor([1.0, float("nan")])])
+        1
+    """
+    if not params:
+        return None
+    device = params[0].device
+    norms = torch.stack([n.to(device) for n in torch._foreach_norm([p.detach() for p in params])])
+    bad = ~torch.isfinite(norms)
+    if not bool(bad.any()):
+        return None
+    return int(bad.nonzero()[0])
+
+
 class Grouping:
     """Assigns parameter names to named groups: by module prefix at a depth, by regexes, or ``"auto"``.
 

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from ..config import ConfigError
-from ._grad_stats import grad_stats, optimizer_params, param_names, unwrap_optimizer
+from ._grad_stats import first_nonfinite, grad_stats, optimizer_params, param_names, unwrap_optimizer
 from ._health_utils import (
     check_choice,
     check_int,
@@ -567,15 +567,11 @@ class NonFiniteGuard(Callback):
     def _params_finite(self, trainer: Any) -> tuple[bool, str]:
         """Whether every parameter is finite (one host read), and the first offender's module."""
         module = trainer.lightning_module
-        params = [p.detach() for p in module.parameters()]
-        if not params:
+        params = list(module.parameters())
+        first = first_nonfinite(params)
+        if first is None:
             return True, ""
-        norms = torch.stack([n.to(params[0].device) for n in torch._foreach_norm(params)])
-        bad = ~torch.isfinite(norms)
-        if not bool(bad.any()):
-            return True, ""
-        first = int(bad.nonzero()[0])
-        name = param_names(trainer, [list(module.parameters())[first]])[0]
+        name = param_names(trainer, [params[first]])[0]
         return False, f"non-finite weights in {_module_of(name)} ({name})"
 
     # -- snapshots ---------------------------------------------------------------------------------

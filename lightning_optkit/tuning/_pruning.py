@@ -33,6 +33,11 @@ class PruningCallback(Callback):
     :func:`~lightning_optkit.tuning.tune` does all of this for you, including sending the sampled
     hyperparameters to the other ranks before the model is built.
 
+    A trial whose weights hold a NaN or an infinity at a validation has diverged and cannot
+    recover: it is pruned there, whatever the pruner would say (user attribute ``optkit.diverged``:
+    the optimizer step), unless the study's pruner is ``NopPruner`` (``pruner="none"``: every trial
+    trains to its end). The check is one host read per validation, none per training step.
+
     With several monitored metrics (a multi-objective study) nothing is reported -- Optuna prunes
     single-objective studies only -- and the callback says so once; the values of every validation
     are kept in the trial's user attribute ``optkit.intermediate_values``.
@@ -130,7 +135,7 @@ class PruningCallback(Callback):
         step = int(trainer.global_step)
         values = self._gather(trainer, pl_module, step)
         self.history.append((step, values))
-        prune = False
+        prune, why = False, ""
         if self.trial is not None:
             if self.multi_objective:
                 self.trial.set_user_attr("optkit.intermediate_values",
@@ -147,6 +152,9 @@ class PruningCallback(Callback):
                 self.trial.report(values[0], step)
                 self._reported.add(step)
                 prune = self.trial.should_prune()
+                if not prune and self._diverged(pl_module):
+                    self.trial.set_user_attr("optkit.diverged", step)
+                    prune, why = True, "its weights are not finite (diverged)"
         if not self.multi_objective and trainer.world_size > 1:
             prune = bool(trainer.strategy.broadcast(prune, src=0))
         if prune:
@@ -154,7 +162,17 @@ class PruningCallback(Callback):
             trainer.should_stop = True
             number = getattr(self.trial, "number", "?")
             raise optuna.TrialPruned(f"trial {number} pruned at optimizer step {step} "
-                                     f"({self.monitors[0]} = {values[0]:.6g})")
+                                     f"({self.monitors[0]} = {values[0]:.6g}{'; ' + why if why else ''})")
+
+    def _diverged(self, pl_module: LightningModule) -> bool:
+        """Non-finite weights, when the study prunes at all (rank 0; DDP keeps the ranks' weights equal)."""
+        from optuna.pruners import NopPruner
+
+        from ..callbacks._grad_stats import first_nonfinite
+
+        if isinstance(getattr(self.trial.study, "pruner", None), NopPruner):
+            return False
+        return first_nonfinite(list(pl_module.parameters())) is not None
 
     def _gather(self, trainer: Trainer, pl_module: LightningModule, step: int) -> tuple[float, ...]:
         metrics = trainer.callback_metrics

@@ -9,6 +9,13 @@ A search space maps key paths of the config (``optimizer.lr``, ``scheduler.warmu
     optimizer.momentum: {low: 0.8, high: 0.99, when: {optimizer.name: sgd}}   # conditional
     loss.label_smoothing: 0.1                                    # fixed (or {value: 0.1})
 
+One key may be searched differently under different conditions: ``PATH@LABEL`` names a variant of
+``PATH`` (Optuna sees the whole name as its own parameter), and the variants of one path must
+exclude each other through their conditions::
+
+    optimizer.lr@adamw: {low: 1.0e-4, high: 1.0e-2, log: true, when: {optimizer.name: adamw}}
+    optimizer.lr@sgd: {low: 1.0e-2, high: 1.0, log: true, when: {optimizer.name: sgd}}
+
 A sampled trial is a set of dotted overrides applied to the base config with
 :func:`lightning_optkit.config.apply_overrides` (``None`` deletes a key), so a trial's config is
 validated exactly as a hand-written one. Everything is checked up front by
@@ -23,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +53,7 @@ from ..config._errors import format_value
 __all__ = ["Param", "SearchSpace", "get_path", "load_search"]
 
 SPEC_KEYS = ("type", "low", "high", "log", "step", "choices", "value", "when")
+_LABEL = re.compile(r"[A-Za-z0-9_\-]+")
 KINDS = ("float", "int", "categorical", "fixed")
 _KIND_ALIASES = {"choice": "categorical", "category": "categorical", "const": "fixed", "constant": "fixed"}
 _PRIMITIVE = (type(None), bool, int, float, str)
@@ -245,6 +254,11 @@ class Param:
             out.append((key, values))
         return tuple(out)
 
+    @property
+    def config_path(self) -> str:
+        """The config key this parameter sets: its name without a ``@label`` variant suffix."""
+        return self.path.split("@", 1)[0]
+
     # -- use ----------------------------------------------------------------------------------------
     def suggest(self, trial: Any) -> Any:
         """Ask ``trial`` for a value (Optuna's parameter name is the key path); fixed: the value."""
@@ -362,7 +376,14 @@ class SearchSpace:
             raise ConfigError("search", {}, "at least one parameter to search")
         params: dict[str, Param] = {}
         for path, spec in data.items():
-            _check_path(path)
+            if isinstance(path, str) and "@" in path:
+                key, label = path.split("@", 1)
+                if not _LABEL.fullmatch(label):
+                    raise ConfigError(f"search.{path}", path, "PATH@LABEL with a label of letters, digits, _ or -, "
+                                      "e.g. optimizer.lr@sgd")
+                _check_path(key, where=f"search.{path}")
+            else:
+                _check_path(path)
             params[path] = Param.from_spec(path, spec)
         space = cls(params)
         space._check_conditions()
@@ -427,6 +448,7 @@ class SearchSpace:
         return order
 
     def _check_conditions(self) -> None:
+        self._check_variants()
         for name, p in self.params.items():
             for key, allowed in p.when:
                 if key == name:
@@ -444,6 +466,23 @@ class SearchSpace:
                         raise ConfigError(f"search.{name}.when.{key}", v,
                                           f"one of the values of {key}: {', '.join(map(repr, options))}",
                                           suggestions=did_you_mean(v, [str(o) for o in options]))
+
+    def _check_variants(self) -> None:
+        """Parameters that set the same config key must exclude each other through their conditions."""
+        by_key: dict[str, list[Param]] = {}
+        for p in self.params.values():
+            by_key.setdefault(p.config_path, []).append(p)
+        for key, group in by_key.items():
+            for i, a in enumerate(group):
+                for b in group[i + 1:]:
+                    wa, wb = dict(a.when), dict(b.when)
+                    if not any(not any(_same(x, y) for x in wa[k] for y in wb[k]) for k in wa.keys() & wb.keys()):
+                        raise ConfigError(
+                            f"search.{b.path}", b.to_spec(),
+                            f"a condition that excludes {a.path} (both set {key}; one trial can take only one)",
+                            hint=f"give both a `when:` on the same key with different values, e.g. "
+                                 f"{a.path}: {{..., when: {{optimizer.name: adamw}}}} and "
+                                 f"{b.path}: {{..., when: {{optimizer.name: sgd}}}}")
 
     # -- activity and sampling ------------------------------------------------------------------------
     def is_active(self, name: str, values: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> bool:
@@ -471,7 +510,11 @@ class SearchSpace:
         for name in self.order:
             if self.is_active(name, values, base_dict):
                 values[name] = self.params[name].suggest(trial)
-        return values
+        return self._as_overrides(values)
+
+    def _as_overrides(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``{parameter name: value}`` -> ``{config key path: value}`` (a ``@label`` variant sets its path)."""
+        return {self.params[name].config_path: v for name, v in values.items()}
 
     def overrides_from_params(self, params: Mapping[str, Any], base: OptimConfig | Mapping[str, Any] | None = None
                               ) -> dict[str, Any]:
@@ -486,7 +529,7 @@ class SearchSpace:
                 values[name] = p.value
             elif name in params:
                 values[name] = p.decode(params[name])
-        return values
+        return self._as_overrides(values)
 
     def base_params(self, base: OptimConfig | Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The base config's own values as Optuna params (to enqueue it as the first trial).
@@ -502,7 +545,7 @@ class SearchSpace:
             p = self.params[name]
             if not self.is_active(name, values, base_dict):
                 continue
-            current = get_path(base_dict, name)
+            current = get_path(base_dict, p.config_path)
             if p.kind == "fixed":
                 values[name] = p.value
                 continue
@@ -537,11 +580,12 @@ class SearchSpace:
                 if key in tried:
                     continue
                 tried.add(key)
+                overrides = self._as_overrides(assignment)
                 try:
-                    cfg = load_config(base_dict, assignment)
+                    cfg = load_config(base_dict, overrides)
                     _construct_optimizers(cfg)
                 except ConfigError as err:
-                    raise _explain(name, value, assignment, err, base_dict) from None
+                    raise _explain(name, value, assignment, err, base_dict, self.params) from None
 
     def _probe(self, name: str, value: Any, base: Mapping[str, Any]) -> dict[str, Any] | None:
         values: dict[str, Any] = {}
@@ -632,12 +676,16 @@ def _fmt_assignment(assignment: Mapping[str, Any]) -> str:
     return "{" + ", ".join(f"{k}: {format_value(v, 40)}" for k, v in assignment.items()) + "}"
 
 
-def _explain(name: str, value: Any, assignment: Mapping[str, Any], err: ConfigError, base: Mapping[str, Any]) -> ConfigError:
+def _explain(name: str, value: Any, assignment: Mapping[str, Any], err: ConfigError, base: Mapping[str, Any],
+             params: Mapping[str, Param]) -> ConfigError:
     inner = f"{err.path or '<config>'}: " + ("" if err.value is None else f"got {format_value(err.value)}; ") + (
         f"expected {err.expected}")
     suggestions: list[str] = []
-    if err.path != name and err.path in assignment:  # another searched key is the one that does not fit
-        name, value = err.path, assignment[err.path]
+    label = name
+    name = params[name].config_path
+    owner = next((n for n in assignment if params[n].config_path == err.path), None)
+    if err.path != name and owner is not None:  # another searched key is the one that does not fit
+        label, name, value = owner, err.path, assignment[owner]
     shown = format_value(value, 40)
     parent = name.rsplit(".", 1)[0] if "." in name else ""
     if err.path == name and parent and get_path(base, parent) is None:
@@ -649,13 +697,13 @@ def _explain(name: str, value: Any, assignment: Mapping[str, Any], err: ConfigEr
                 "(e.g. when: {optimizer.name: sgd}); otherwise change the range")
     elif err.path and name.startswith(err.path + ".") and get_path(base, err.path) is None:
         hint = f"the base config has no {err.path}: add it there, then search {name}"
-    elif err.path and err.path not in assignment and get_path(base, err.path) is not None and not name.startswith(err.path + "."):
+    elif err.path and owner is None and get_path(base, err.path) is not None and not name.startswith(err.path + "."):
         hint = (f"the base config's {err.path} does not fit {name} = {shown}: drop it for that choice with "
                 f"`{err.path}: {{value: null, when: {{{name}: {shown}}}}}`, or change the base config")
     else:
         hint = "these values do not work together: change a range, or make a parameter conditional with when: {...}"
     return ConfigError(
-        f"search.{name}", value,
+        f"search.{label}", value,
         f"a value that gives a valid config, but the trial {_fmt_assignment(assignment)} fails with {inner}",
         suggestions=suggestions, hint=hint,
     )

@@ -4,10 +4,13 @@ Systematic tuning fixes the learning rate before anything else: it matters most,
 value differs by optimizer by orders of magnitude (SGD ~1, AdamW ~1e-3), so one shared LR range
 wastes most trials on hopeless pairs. :func:`tune_staged` runs, for each candidate optimizer (the
 choices of ``optimizer.name`` in the search space, or the base config's optimizer), the project's
-LR range test (:func:`~lightning_optkit.find_lr`) on the base config, narrows ``optimizer.lr`` to
-``recommended / factor .. recommended * factor``, and then tunes the other parameters (weight
-decay, schedule, momentum...) with TPE and Hyperband inside that range: one study per optimizer
-(``<name>-<optimizer>``), the trial budget split evenly. It returns the study with the best trial.
+LR range test (:func:`~lightning_optkit.find_lr`) on the base config with that optimizer, narrows
+its learning rate to ``recommended / factor .. recommended * factor``, and then tunes everything
+(optimizer, weight decay, schedule, momentum...) with TPE and Hyperband in **one** study, where
+each optimizer samples its own LR range (the search keys ``optimizer.lr@<optimizer>``). The first
+trials are the base config with each optimizer at its recommended LR. One study lets TPE weigh the
+optimizers against each other and gives Hyperband every trial to compare. The ranges, the
+recommendations and the range tests' steps are in the study's ``optkit.staged`` user attribute.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ RECIPES = ("staged",)
 
 
 def lr_range_for(source: Any, optim: dict[str, Any], trainer_kwargs: Mapping[str, Any], seed: int,
-                 factor: float = 4.0) -> tuple[float, float, float] | None:
-    """``(recommended, low, high)`` from an LR range test of ``optim`` on ``source``; ``None`` without a suggestion."""
+                 factor: float = 4.0) -> tuple[float, float, float, int] | None:
+    """``(recommended, low, high, steps)`` from an LR range test of ``optim`` on ``source`` (``steps``: the
+    optimizer steps it trained); ``None`` without a suggestion."""
     import lightning as L
 
     from ..lr_finder import find_lr
@@ -42,28 +46,46 @@ def lr_range_for(source: Any, optim: dict[str, Any], trainer_kwargs: Mapping[str
     lr = result.recommended_lr
     if lr is None or not math.isfinite(lr) or lr <= 0:
         return None
-    return lr, lr / factor, lr * factor
+    return lr, lr / factor, lr * factor, len(result.lrs)
 
 
-def _candidate_config(base: dict[str, Any], name: str) -> dict[str, Any]:
+def _candidate_config(base: dict[str, Any], name: str, searched: list[str]) -> dict[str, Any]:
+    """The base config with optimizer ``name``; searched optimizer keys it lacks get the class's defaults.
+
+    The LR range test runs on this config and the candidate's first trial trains it, so both see
+    the same momentum (say) instead of the trial drawing one the range test never saw.
+    """
+    import inspect
+
+    from ..optim import resolve_optimizer
+
     try:
-        return load_config(base, {"optimizer.name": name}).to_dict()
+        optim = load_config(base, {"optimizer.name": name}).to_dict()
     except ConfigError:  # the base's optimizer arguments do not fit this one (betas for SGD): keep only the LR
         optimizer = {"name": name, "lr": base.get("optimizer", {}).get("lr", 1e-3)}
-        return load_config({**base, "optimizer": optimizer}).to_dict()
+        optim = load_config({**base, "optimizer": optimizer}).to_dict()
+    try:
+        signature = inspect.signature(resolve_optimizer(name).cls).parameters
+    except (ConfigError, TypeError, ValueError):
+        return optim
+    for key in searched:
+        parts = key.split(".")
+        if len(parts) == 2 and parts[0] == "optimizer" and parts[1] not in optim["optimizer"]:
+            default = getattr(signature.get(parts[1]), "default", inspect.Parameter.empty)
+            if isinstance(default, (bool, int, float, str)):
+                optim["optimizer"][parts[1]] = default
+    return load_config(optim).to_dict()
 
 
 def tune_staged(args: dict[str, Any]) -> optuna.Study:
     """Run the staged recipe with :func:`~lightning_optkit.tuning.tune`'s arguments ``args`` (see the module)."""
     from ._sources import ExampleSource, as_source
     from ._space import load_search
-    from ._tune import DEFAULT_TRIALS, EXAMPLE_DEFAULTS, _monitors_and_directions, tune
 
     args = dict(args)
     args["recipe"] = None
     source = as_source(args["model"], example=args["example"], model_args=args["model_args"],
                        data_args=args["data_args"])
-    defaults = EXAMPLE_DEFAULTS.get(source.name, {}) if isinstance(source, ExampleSource) else {}
     search = args["search"]
     if search is None and isinstance(source, ExampleSource):
         search = source.name
@@ -83,56 +105,47 @@ def tune_staged(args: dict[str, Any]) -> optuna.Study:
         candidates = [str(base["optimizer"]["name"])]
     trainer_kwargs = {**source.trainer_defaults(), **dict(args["trainer_kwargs"] or {})}
     seed = args["seed"] if args["seed"] is not None else (source.seed() if source.seed() is not None else 0)
-    n_trials = args["n_trials"]
-    if n_trials is None and args["timeout"] is None:
-        n_trials = int(defaults.get("n_trials", DEFAULT_TRIALS))
-    per = None if n_trials is None else max(1, math.ceil(n_trials / len(candidates)))
-    timeout = None if args["timeout"] is None else args["timeout"] / len(candidates)
-    _, directions = _monitors_and_directions(args["monitor"] if args["monitor"] is not None
-                                             else defaults.get("monitor", "val_loss"),
-                                             args["direction"] if args["direction"] is not None
-                                             or args["monitor"] is not None else defaults.get("direction"))
-    best: tuple[float, optuna.Study] | None = None
-    stem = args["study_name"] or source.name
+
+    spec = space.to_dict()
+    lr_spec = spec.pop("optimizer.lr")
+    lr_when = dict(lr_spec.pop("when", None) or {})
+    staged: dict[str, Any] = {}
+    firsts: list[dict[str, Any]] = []
     for cand in candidates:
-        optim = _candidate_config(base, cand)
+        active = [k for k in space.params if space.is_active(k, {"optimizer.name": cand}, base)
+                  or k == "optimizer.name"]
+        optim = _candidate_config(base, cand, active)
         with quiet_lightning(args["verbose"]):
             found = lr_range_for(source, optim, trainer_kwargs, seed)
-        spec = {k: v for k, v in space.to_dict().items()  # drop what exists only for the other optimizers
-                if not any(key == "optimizer.name" and cand not in [str(a) for a in allowed]
-                           for key, allowed in space.params[k].when)}
-        spec["optimizer.name"] = {"value": cand}
-        lr_spec = dict(spec["optimizer.lr"])
+        narrowed = {k: v for k, v in lr_spec.items() if k != "step"}
         if found is not None:
-            lr, low, high = found
-            if lr_param.low is not None and lr_param.high is not None and low < lr_param.high and high > lr_param.low:
+            lr, low, high, steps = found
+            if lr_param.low < high and lr_param.high > low:
                 low, high = max(low, lr_param.low), min(high, lr_param.high)  # inside the user's own range
-                found = (min(max(lr, low), high), low, high)
-                lr = found[0]
-            lr_spec.update(low=low, high=high, log=True)
-            lr_spec.pop("step", None)
+                lr = min(max(lr, low), high)
+            narrowed.update(low=low, high=high, log=True)
             optim["optimizer"]["lr"] = lr
-            note = f"LR range test: {lr:.3g} -> optimizer.lr in [{low:.3g}, {high:.3g}]"
+            staged[cand] = {"recommended_lr": lr, "lr_range": [low, high], "range_test_steps": steps}
+            note = f"LR range test ({steps} steps): {lr:.3g} -> optimizer.lr in [{low:.3g}, {high:.3g}]"
         else:
+            narrowed = dict(lr_spec)
+            staged[cand] = {"recommended_lr": None, "lr_range": None, "range_test_steps": None}
             note = "LR range test: no suggestion; the original optimizer.lr range is kept"
-        spec["optimizer.lr"] = lr_spec
+        key = "optimizer.lr" if len(candidates) == 1 else f"optimizer.lr@{cand}"
+        when = {**lr_when, **({} if len(candidates) == 1 else {"optimizer.name": cand})}
+        spec[key] = {**narrowed, **({"when": when} if when else {})}
+        firsts.append(optim)
         if args["progress"] is not False:
             print(f"optkit tune (staged): {cand}: {note}", flush=True)
-        sub = SearchSpace.from_dict(spec)
-        kwargs = {**args, "search": sub, "config": optim, "overrides": None, "n_trials": per, "timeout": timeout,
-                  "study_name": f"{stem}-{cand}"}
-        if args["example"] is not None:
-            kwargs["model"], kwargs["example"], kwargs["model_args"], kwargs["data_args"] = source, None, None, None
-        study = tune(**kwargs)
-        study.set_user_attr("optkit.staged", {"optimizer": cand, "lr_range": None if found is None
-                                              else [found[1], found[2]], "recommended_lr": None if found is None
-                                              else found[0]})
-        done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-        if done and len(directions) == 1:
-            value = study.best_value if directions[0] == "minimize" else -study.best_value
-            if best is None or value < best[0]:
-                best = (value, study)
-        elif best is None and done:
-            best = (0.0, study)
-        last = study
-    return best[1] if best is not None else last
+
+    from ._space import SearchSpace
+
+    kwargs = {**args, "search": SearchSpace.from_dict(spec), "config": base, "overrides": None,
+              "enqueue_base": False, "enqueue": [*firsts, *(args.get("enqueue") or ())]}
+    if args["example"] is not None:
+        kwargs["model"], kwargs["example"], kwargs["model_args"], kwargs["data_args"] = source, None, None, None
+    from ._tune import tune
+
+    study = tune(**kwargs)
+    study.set_user_attr("optkit.staged", staged)
+    return study

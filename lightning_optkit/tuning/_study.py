@@ -41,12 +41,25 @@ _PRUNER_ALIASES = {"sha": "successive_halving", "asha": "successive_halving", "n
                    "false": "none", "no": "none"}
 
 
+def startup_trials(n_trials: int | None) -> int:
+    """Random trials before TPE models the results: a quarter of the budget, between 4 and Optuna's 10.
+
+    Optuna's fixed 10 spends half of a 20-trial study on random search.
+
+    Example:
+        >>> [startup_trials(n) for n in (None, 8, 20, 30, 100)]
+        [10, 4, 5, 7, 10]
+    """
+    return 10 if n_trials is None else min(10, max(4, n_trials // 4))
+
+
 def make_sampler(sampler: str | BaseSampler | None = "tpe", *, seed: int | None = 0, conditional: bool = False,
-                 multi_objective: bool = False) -> BaseSampler:
+                 multi_objective: bool = False, n_trials: int | None = None) -> BaseSampler:
     """A sampler by name: ``tpe`` (default, seeded), ``random``, ``cmaes``, ``gp`` or ``qmc``; or the given one.
 
     TPE is multivariate, and with conditional parameters it groups them (``group=True``), so a
-    parameter that exists only for SGD is modelled only on SGD trials.
+    parameter that exists only for SGD is modelled only on SGD trials. With a trial budget
+    (``n_trials``) it samples at random only for the first :func:`startup_trials` of them.
 
     Example:
         >>> type(make_sampler("random", seed=1)).__name__
@@ -62,7 +75,8 @@ def make_sampler(sampler: str | BaseSampler | None = "tpe", *, seed: int | None 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=conditional)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=conditional,
+                                              n_startup_trials=startup_trials(n_trials))
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if name == "qmc":

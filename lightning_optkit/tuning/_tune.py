@@ -105,6 +105,7 @@ def tune(
     study_name: str | None = None,
     resume: bool = False,
     enqueue_base: bool = True,
+    enqueue: Sequence[Mapping[str, Any]] = (),
     trainer_kwargs: Mapping[str, Any] | None = None,
     seed: int | None = None,
     out_dir: str | os.PathLike[str] = "optkit_tune",
@@ -161,6 +162,9 @@ def tune(
         study_name: default: the model's name, with ``-2``, ``-3``... when taken.
         resume: continue the study ``study_name`` (default: the newest of the model's name).
         enqueue_base: run the base config as the first trial of a new study.
+        enqueue: more configs to run first (after the base), each a complete optim block or
+            dotted overrides of the base (``{"optimizer.lr": 3e-3}``); their values must lie in
+            the search space (keys outside it, or values out of range, are sampled instead).
         trainer_kwargs: ``L.Trainer`` arguments of every trial (``max_epochs`` or ``max_steps`` is
             needed; ``strategy="ddp"`` with several devices runs each trial on all of them).
             Callbacks are copied for each trial.
@@ -186,9 +190,10 @@ def tune(
         heartbeat_interval / grace_period: seconds, for an RDB storage with ``workers``: a trial whose
             machine stops beating for ``grace_period`` (default 2 x interval) is failed and retried.
         recipe: ``"staged"``: for each candidate optimizer (the choices of ``optimizer.name``), an
-            LR range test narrows ``optimizer.lr`` to its recommendation / 4 .. x 4, then TPE and
-            Hyperband tune the rest inside it, one study per optimizer (``<name>-<optimizer>``, the
-            trials split evenly); returns the study with the best trial. See ``_staged.py``.
+            LR range test narrows its learning rate to the recommendation / 4 .. x 4; then TPE and
+            Hyperband tune everything in one study where each optimizer samples its own narrowed
+            range (``optimizer.lr@<optimizer>``), starting with each optimizer at its recommended
+            LR. See ``_staged.py``.
 
     Raises:
         ConfigError: for every bad argument (search space, sampler, pruner, storage, study name,
@@ -235,6 +240,7 @@ def tune(
     base_cfg = load_config(config, overrides)
     base = base_cfg.to_dict()
     space.validate(base_cfg)
+    first_configs = _enqueued_configs(base, enqueue)
 
     # -- the trials' trainer, seed and run length -------------------------------------------------------
     tk = {**source.trainer_defaults(), **dict(trainer_kwargs or {})}
@@ -252,7 +258,8 @@ def tune(
         threads = defaults.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError("threads", threads, "a positive integer (torch.set_num_threads), or None")
-    sampler_obj = make_sampler(sampler, seed=seed, conditional=space.has_conditions, multi_objective=len(monitors) > 1)
+    sampler_obj = make_sampler(sampler, seed=seed, conditional=space.has_conditions, multi_objective=len(monitors) > 1,
+                               n_trials=n_trials)
     pruner_obj = make_pruner(pruner)
     out_root = Path(out_dir)
     with quiet_lightning(verbose):
@@ -307,9 +314,13 @@ def tune(
     finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     started_trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
                                                               TrialState.WAITING, TrialState.RUNNING))
-    if enqueue_base and not started_trials:
-        params, _left_out = space.base_params(base)
-        study.enqueue_trial(params, user_attrs={"optkit.enqueued": "base config"})
+    if not started_trials:
+        if enqueue_base:
+            params, _left_out = space.base_params(base)
+            study.enqueue_trial(params, user_attrs={"optkit.enqueued": "base config"})
+        for i, extra in enumerate(first_configs):
+            params, _left_out = space.base_params(extra)
+            study.enqueue_trial(params, user_attrs={"optkit.enqueued": f"enqueue[{i}]"})
     remaining = None if n_trials is None else max(n_trials - finished, 0)
 
     if launch is not None:
@@ -341,6 +352,26 @@ def tune(
         _finish(study, plan, display, time.perf_counter() - started, plots=plots, summary=summary,
                 failed=error is not None)
     return study
+
+
+def _enqueued_configs(base: dict[str, Any], enqueue: Any) -> list[dict[str, Any]]:
+    """``enqueue=`` as complete optim blocks: each item is one (``optimizer:`` at the top) or overrides of ``base``."""
+    if isinstance(enqueue, Mapping) or isinstance(enqueue, (str, bytes)) or not isinstance(enqueue, Sequence):
+        raise ConfigError("enqueue", enqueue, "a list of configs: optim blocks or {dotted key: value} overrides")
+    from ._space import _construct_optimizers
+
+    out = []
+    for i, item in enumerate(enqueue):
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"enqueue.{i}", item, "an optim block or a mapping of dotted overrides")
+        try:
+            cfg = load_config(base, dict(item)) if any("." in str(k) for k in item) else load_config(dict(item))
+            _construct_optimizers(cfg)  # what only the optimizer's constructor checks (betas in [0, 1)...)
+            out.append(cfg.to_dict())
+        except ConfigError as err:
+            raise ConfigError(f"enqueue.{i}.{err.path}", err.value, err.expected, suggestions=err.suggestions,
+                              hint=err.hint) from None
+    return out
 
 
 def _launch_settings(plan: TrialPlan, storage: Any, out_root: Path, *, workers: int | None, devices: Any,
