@@ -41,7 +41,15 @@ SEARCH = {"optimizer.name": {"choices": ["adamw", "sgd"]},
           "optimizer.weight_decay": {"low": 1e-6, "high": 1e-1, "log": True},
           "optimizer.momentum": {"low": 0.0, "high": 0.99, "when": {"optimizer.name": "sgd"}}}
 BASE = {"optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}, "loss": {"name": "cross_entropy"}}
+# --schedule cosine: every trial decays its LR with warmup_cosine (10 % warm-up, to 1 %), as the demo does
+COSINE = {"name": "warmup_cosine", "warmup": "10%", "min_lr_ratio": 0.01}
 QUIET = dict(plots=False, tensorboard=False, summary=False, progress=False)
+# val_acc is Lightning's float32 mean of per-batch accuracies: two runs with the same number of correct
+# predictions can differ by ~1e-7 (one prediction is 1/359 = 2.8e-3 on digits, 1/4096 = 2.4e-4 on moons)
+TIE = 1e-6
+# what one validation example is worth: digits logs macro accuracy (10 classes of ~36 validation images:
+# one image moves one class's recall by ~1/36, the mean by ~1/360); moons logs plain accuracy of 4096 points
+ONE_EXAMPLE = {"digits": 1 / 360, "moons": 1 / 4096}
 
 
 class MoonsNet(OptimMixin, L.LightningModule):
@@ -97,9 +105,10 @@ def _steps(study: optuna.Study) -> list[tuple[int, float | None]]:
     return out
 
 
-def _run_method(task: str, method: str, seed: int, trials: int, epochs: int, out: Path):
+def _run_method(task: str, method: str, seed: int, trials: int, epochs: int, out: Path, schedule: str = "constant"):
     model = dict(example="digits") if task == "digits" else dict(model=build_moons)
-    common = dict(search=SEARCH, config=BASE, monitor="val_acc", n_trials=trials, seed=seed,
+    base = BASE if schedule == "constant" else {**BASE, "scheduler": COSINE}
+    common = dict(search=SEARCH, config=base, monitor="val_acc", n_trials=trials, seed=seed,
                   trainer_kwargs={"max_epochs": epochs, "accelerator": "cpu", "devices": 1}, out_dir=out, **QUIET)
     if method == "random":
         studies = [tune(**model, sampler="random", pruner="none", **common)]
@@ -113,39 +122,53 @@ def _run_method(task: str, method: str, seed: int, trials: int, epochs: int, out
     return _steps(studies[0]), extra
 
 
-def part1(trials: int, seeds: int, epochs: int) -> None:
-    print(f"part 1: {trials} trials of <= {epochs} epochs, {seeds} seeds (steps: optimizer steps trained)")
-    print(f"{'task':7} {'method':14} {'seed':>4} {'best':>7} {'steps':>7} {'to reach (a)':>13} {'fraction':>9}")
+def _reach(seq: list[tuple[int, float | None]], extra: int, target: float) -> int | None:
+    """Steps spent (range tests first) until a trial's value first reached ``target``."""
+    spent = extra
+    for steps, v in seq:
+        spent += steps
+        if v is not None and v >= target - TIE:
+            return spent
+    return None
+
+
+def part1(trials: int, seeds: int, epochs: int, schedule: str = "constant") -> None:
+    print(f"part 1: {trials} trials of <= {epochs} epochs, {seeds} seeds, {schedule} LR "
+          "(steps: optimizer steps trained)")
+    print("  fraction: steps until a trial first reached (a)'s best / (a)'s steps (target <= 1/3)")
+    print("  within 1 ex.: the same, for (a)'s best less one validation example's worth "
+          f"({', '.join(f'{t}: {v:.2e}' for t, v in ONE_EXAMPLE.items())})")
+    print(f"{'task':7} {'method':14} {'seed':>4} {'best':>7} {'steps':>7} {'to reach (a)':>13} {'fraction':>9} "
+          f"{'within 1 ex.':>13}")
     fractions: dict[str, list[float]] = {}
+    loose: dict[str, list[float]] = {}
     for task in ("digits", "moons"):
         for seed in range(seeds):
             ref_best = ref_steps = None
             for method in ("random", "tpe+hyperband", "staged"):
                 with tempfile.TemporaryDirectory() as tmp:
-                    seq, extra = _run_method(task, method, seed, trials, epochs, Path(tmp))
+                    seq, extra = _run_method(task, method, seed, trials, epochs, Path(tmp), schedule)
                 values = [v for _, v in seq if v is not None]
                 best = max(values) if values else float("nan")
                 total = extra + sum(s for s, _ in seq)
-                reach = None
-                if ref_best is not None:
-                    spent = extra
-                    for steps, v in seq:
-                        spent += steps
-                        if v is not None and v >= ref_best - 1e-9:
-                            reach = spent
-                            break
-                else:
+                if ref_best is None:
                     ref_best, ref_steps = best, total
-                frac = None if reach is None or not ref_steps else reach / ref_steps
-                if method != "random":
-                    fractions.setdefault(method, []).append(frac if frac is not None else float("inf"))
+                    print(f"{task:7} {method:14} {seed:>4} {best:>7.4f} {total:>7} {'-':>13}", flush=True)
+                    continue
+                reach = _reach(seq, extra, ref_best)
+                near = _reach(seq, extra, ref_best - ONE_EXAMPLE[task])
+                frac = float("inf") if reach is None else reach / ref_steps
+                frac_near = float("inf") if near is None else near / ref_steps
+                fractions.setdefault(method, []).append(frac)
+                loose.setdefault(method, []).append(frac_near)
                 print(f"{task:7} {method:14} {seed:>4} {best:>7.4f} {total:>7} "
-                      f"{'-' if method == 'random' else (reach if reach is not None else 'never'):>13} "
-                      f"{'' if frac is None else f'{frac:.2f}':>9}", flush=True)
-    for method, fr in fractions.items():
-        ok = sum(f <= 1 / 3 for f in fr)
-        print(f"{method}: reached random search's best with <= 1/3 of its steps in {ok}/{len(fr)} runs "
-              f"(median fraction {sorted(fr)[len(fr) // 2]:.2f})")
+                      f"{reach if reach is not None else 'never':>13} {frac:>9.2f} {frac_near:>13.2f}", flush=True)
+    for method in fractions:
+        for label, fr in (("random search's best", fractions[method]),
+                          ("random search's best within 1 validation example", loose[method])):
+            ok = sum(f <= 1 / 3 for f in fr)
+            print(f"{method}: reached {label} with <= 1/3 of its steps in {ok}/{len(fr)} runs "
+                  f"(median fraction {sorted(fr)[len(fr) // 2]:.2f})")
 
 
 def part2(trials: int) -> None:
@@ -174,6 +197,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--worker-trials", type=int, default=12)
     p.add_argument("--part", choices=("1", "2", "all"), default="all")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                   help="the trials' LR schedule (base config): constant, or warmup_cosine as in the demo")
     args = p.parse_args()
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -181,7 +206,7 @@ def main() -> None:
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     if args.part in ("1", "all"):
-        part1(args.trials, args.seeds, args.epochs)
+        part1(args.trials, args.seeds, args.epochs, args.schedule)
     if args.part in ("2", "all"):
         part2(args.worker_trials)
 

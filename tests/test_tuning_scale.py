@@ -276,7 +276,7 @@ def test_staged_recipe_narrows_lr_per_optimizer_with_a_range_test(tmp_path):
     assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == [study.study_name] == ["digits"]
     info = study.user_attrs["optkit.staged"]
     assert sorted(info) == ["adamw", "sgd"]
-    for name, found in info.items():
+    for found in info.values():
         low, high = found["lr_range"]
         assert 1e-5 <= low < found["recommended_lr"] <= high <= 1.0
         assert high / low <= 16 * (1 + 1e-9)
@@ -298,6 +298,22 @@ def test_staged_recipe_narrows_lr_per_optimizer_with_a_range_test(tmp_path):
     assert f"lr: {study.best_trial.user_attrs['optkit.config']['optimizer']['lr']}" in best_yaml
     with pytest.raises(ConfigError, match="recipe"):
         tune(example="digits", recipe="nope", out_dir=tmp_path)
+
+
+def test_staged_candidates_start_from_the_optimizer_defaults_inside_the_searched_range():
+    from lightning_optkit.tuning import SearchSpace
+    from lightning_optkit.tuning._staged import _candidate_config
+
+    space = SearchSpace.from_dict({"optimizer.name": {"choices": ["adamw", "sgd"]},
+                                   "optimizer.momentum": {"low": 0.8, "high": 0.98, "when": {"optimizer.name": "sgd"}},
+                                   "optimizer.nesterov": {"choices": [True, False], "when": {"optimizer.name": "sgd"}},
+                                   "optimizer.lr": {"low": 1e-4, "high": 1.0, "log": True}})
+    base = {"optimizer": {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.95]}}
+    params = list(space.params.values())
+    sgd = _candidate_config(base, "sgd", params)["optimizer"]
+    assert sgd["name"] == "sgd" and sgd["lr"] == 1e-3 and "betas" not in sgd  # AdamW's betas do not fit SGD
+    assert sgd["momentum"] == 0.8 and sgd["nesterov"] is False  # torch's 0 moved into [0.8, 0.98]
+    assert _candidate_config(base, "adamw", params)["optimizer"] == base["optimizer"]
 
 
 def test_a_trial_that_raises_in_its_process_stops_the_study_with_its_error(tmp_path):

@@ -209,7 +209,7 @@ def test_variants_that_could_both_apply_are_rejected(spec, path, words):
 
 def test_a_bad_variant_range_is_blamed_on_the_variant():
     spec = {**VARIANTS, "optimizer.lr@sgd": {"low": -1.0, "high": 1.0, "when": {"optimizer.name": "sgd"}}}
-    with pytest.raises(ConfigError, match="optimizer.lr: got -1.0") as info:
+    with pytest.raises(ConfigError, match=r"optimizer\.lr: got -1\.0") as info:
         SearchSpace.from_dict(spec).validate({"optimizer": {"name": "adamw", "lr": 1e-3}})
     assert info.value.path == "search.optimizer.lr@sgd" and info.value.value == -1.0
 

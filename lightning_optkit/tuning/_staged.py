@@ -15,6 +15,7 @@ recommendations and the range tests' steps are in the study's ``optkit.staged`` 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -23,7 +24,7 @@ import optuna
 
 from ..config import ConfigError, load_config
 from ._runner import quiet_lightning
-from ._space import SearchSpace
+from ._space import Param, SearchSpace
 
 __all__ = ["RECIPES", "lr_range_for", "tune_staged"]
 
@@ -49,8 +50,9 @@ def lr_range_for(source: Any, optim: dict[str, Any], trainer_kwargs: Mapping[str
     return lr, lr / factor, lr * factor, len(result.lrs)
 
 
-def _candidate_config(base: dict[str, Any], name: str, searched: list[str]) -> dict[str, Any]:
-    """The base config with optimizer ``name``; searched optimizer keys it lacks get the class's defaults.
+def _candidate_config(base: dict[str, Any], name: str, searched: list[Param]) -> dict[str, Any]:
+    """The base config with optimizer ``name``; searched optimizer keys it lacks get the class's defaults
+    (moved to the nearest end of their range when outside it).
 
     The LR range test runs on this config and the candidate's first trial trains it, so both see
     the same momentum (say) instead of the trial drawing one the range test never saw.
@@ -64,17 +66,24 @@ def _candidate_config(base: dict[str, Any], name: str, searched: list[str]) -> d
     except ConfigError:  # the base's optimizer arguments do not fit this one (betas for SGD): keep only the LR
         optimizer = {"name": name, "lr": base.get("optimizer", {}).get("lr", 1e-3)}
         optim = load_config({**base, "optimizer": optimizer}).to_dict()
+    plain = copy.deepcopy(optim)
     try:
         signature = inspect.signature(resolve_optimizer(name).cls).parameters
     except (ConfigError, TypeError, ValueError):
         return optim
-    for key in searched:
-        parts = key.split(".")
+    for param in searched:
+        parts = param.config_path.split(".")
         if len(parts) == 2 and parts[0] == "optimizer" and parts[1] not in optim["optimizer"]:
             default = getattr(signature.get(parts[1]), "default", inspect.Parameter.empty)
-            if isinstance(default, (bool, int, float, str)):
-                optim["optimizer"][parts[1]] = default
-    return load_config(optim).to_dict()
+            if not isinstance(default, (bool, int, float, str)):
+                continue
+            if param.kind in ("float", "int") and isinstance(default, (int, float)) and not param.contains(default):
+                default = min(max(default, param.low), param.high)  # type: ignore[type-var]
+            optim["optimizer"][parts[1]] = default
+    try:
+        return load_config(optim).to_dict()
+    except ConfigError:  # the defaults do not fit together: leave them to the sampler
+        return plain
 
 
 def tune_staged(args: dict[str, Any]) -> optuna.Study:
@@ -112,8 +121,7 @@ def tune_staged(args: dict[str, Any]) -> optuna.Study:
     staged: dict[str, Any] = {}
     firsts: list[dict[str, Any]] = []
     for cand in candidates:
-        active = [k for k in space.params if space.is_active(k, {"optimizer.name": cand}, base)
-                  or k == "optimizer.name"]
+        active = [p for k, p in space.params.items() if space.is_active(k, {"optimizer.name": cand}, base)]
         optim = _candidate_config(base, cand, active)
         with quiet_lightning(args["verbose"]):
             found = lr_range_for(source, optim, trainer_kwargs, seed)
@@ -137,8 +145,6 @@ def tune_staged(args: dict[str, Any]) -> optuna.Study:
         firsts.append(optim)
         if args["progress"] is not False:
             print(f"optkit tune (staged): {cand}: {note}", flush=True)
-
-    from ._space import SearchSpace
 
     kwargs = {**args, "search": SearchSpace.from_dict(spec), "config": base, "overrides": None,
               "enqueue_base": False, "enqueue": [*firsts, *(args.get("enqueue") or ())]}

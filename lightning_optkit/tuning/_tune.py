@@ -356,7 +356,7 @@ def tune(
 
 def _enqueued_configs(base: dict[str, Any], enqueue: Any) -> list[dict[str, Any]]:
     """``enqueue=`` as complete optim blocks: each item is one (``optimizer:`` at the top) or overrides of ``base``."""
-    if isinstance(enqueue, Mapping) or isinstance(enqueue, (str, bytes)) or not isinstance(enqueue, Sequence):
+    if isinstance(enqueue, (Mapping, str, bytes)) or not isinstance(enqueue, Sequence):
         raise ConfigError("enqueue", enqueue, "a list of configs: optim blocks or {dotted key: value} overrides")
     from ._space import _construct_optimizers
 
