@@ -94,8 +94,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="one of " + ", ".join(PRUNERS) + " (default: hyperband)")
     s.add_argument("--no-base", action="store_true", help="do not run the base config as the first trial")
     s.add_argument("--recipe", choices=("staged",), default=None,
-                   help="staged: an LR range test per candidate optimizer narrows optimizer.lr (suggestion /4 .. x4), "
-                        "then TPE + Hyperband tune the rest inside it (one study per optimizer)")
+                   help="staged: an LR range test per candidate optimizer narrows its optimizer.lr (suggestion /4 .. "
+                        "x4), then TPE + Hyperband tune everything in one study, each optimizer in its own LR range")
 
     st = p.add_argument_group("the study")
     st.add_argument("--storage", metavar="URL",
