@@ -300,6 +300,17 @@ def test_staged_recipe_narrows_lr_per_optimizer_with_a_range_test(tmp_path):
         tune(example="digits", recipe="nope", out_dir=tmp_path)
 
 
+def test_staged_keeps_a_user_range_that_the_recommendation_misses(tmp_path, capsys):
+    search = {"optimizer.lr": {"low": 1e-6, "high": 1e-5, "log": True}}  # far below any useful AdamW LR
+    study = tune(example="digits", search=search, recipe="staged", n_trials=2, trainer_kwargs={"max_epochs": 1},
+                 out_dir=tmp_path, plots=False, tensorboard=False, summary=False)
+    info = study.user_attrs["optkit.staged"]["adamw"]
+    assert info["lr_range"] == [1e-6, 1e-5] and info["recommended_lr"] == 1e-5
+    assert "lies outside your optimizer.lr range" in capsys.readouterr().out
+    assert study.trials[0].params == {"optimizer.lr": 1e-5}
+    assert all(1e-6 <= t.params["optimizer.lr"] <= 1e-5 for t in study.trials)
+
+
 def test_staged_candidates_start_from_the_optimizer_defaults_inside_the_searched_range():
     from lightning_optkit.tuning import SearchSpace
     from lightning_optkit.tuning._staged import _candidate_config

@@ -131,10 +131,17 @@ def tune_staged(args: dict[str, Any]) -> optuna.Study:
             if lr_param.low < high and lr_param.high > low:
                 low, high = max(low, lr_param.low), min(high, lr_param.high)  # inside the user's own range
                 lr = min(max(lr, low), high)
-            narrowed.update(low=low, high=high, log=True)
+                narrowed.update(low=low, high=high, log=True)
+                note = f"LR range test ({steps} steps): {lr:.3g} -> optimizer.lr in [{low:.3g}, {high:.3g}]"
+            else:  # the recommendation lies outside the user's range: the range stands, the start at its edge
+                shown = lr
+                low, high = lr_param.low, lr_param.high
+                lr = min(max(lr, low), high)
+                narrowed = dict(lr_spec)
+                note = (f"LR range test ({steps} steps): {shown:.3g} lies outside your optimizer.lr range "
+                        f"[{low:.3g}, {high:.3g}]; the range is kept, the first trial starts at {lr:.3g}")
             optim["optimizer"]["lr"] = lr
             staged[cand] = {"recommended_lr": lr, "lr_range": [low, high], "range_test_steps": steps}
-            note = f"LR range test ({steps} steps): {lr:.3g} -> optimizer.lr in [{low:.3g}, {high:.3g}]"
         else:
             narrowed = dict(lr_spec)
             staged[cand] = {"recommended_lr": None, "lr_range": None, "range_test_steps": None}
