@@ -5,6 +5,11 @@ Everything here is real torch and Lightning, sized to run in milliseconds on a C
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
 import lightning as L
 import pytest
 import torch
@@ -140,3 +145,19 @@ def regression_net() -> type[RegressionNet]:
 @pytest.fixture
 def make_regression_loader():
     return regression_loader
+
+
+def _load_benchmark(name: str) -> Any:
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def load_benchmark():
+    """``load_benchmark("name")``: the module ``benchmarks/name.py``, to test its pieces."""
+    return _load_benchmark

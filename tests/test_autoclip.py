@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -164,19 +162,9 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
         assert torch.equal(a, b)
 
 
-def _benchmark(name: str) -> Any:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_stable_lr_range_widens() -> None:
+def test_stable_lr_range_widens(load_benchmark) -> None:
     """The short version of benchmarks/autoclip_lr_range.py: at lr=0.5 plain SGD blows up, AutoClip trains."""
-    bench = _benchmark("autoclip_lr_range")
+    bench = load_benchmark("autoclip_lr_range")
     first, final = bench.run(0.5, 0.0, "none")
     assert not bench.stable(first, final)
     first, final = bench.run(0.5, 0.0, "autoclip")

@@ -336,3 +336,34 @@ def test_a_trial_that_raises_in_its_process_stops_the_study_with_its_error(tmp_p
     assert "trial 0 failed" in str(info.value)
     study = optuna.load_study(study_name="models", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.state for t in study.trials] == [TrialState.FAIL]  # not retried: the error is the trial's, not a crash
+
+
+def test_efficiency_benchmark_scores_reach_and_searches_next_to_the_winner(load_benchmark, tmp_path):
+    """benchmarks/tuning_efficiency.py: the steps-to-reach score, and its luck measurement on a real study."""
+    bench = load_benchmark("tuning_efficiency")
+    seq = [(10, 0.5), (10, None), (10, 0.9 - 5e-7), (10, 0.95)]  # None: a pruned trial's steps still count
+    assert bench._reach(seq, 7, 0.9) == 37  # the range tests' 7 steps first; a float32 tie reaches
+    assert bench._reach(seq, 0, 0.96) is None
+
+    space = bench._near_winner({"optimizer.name": "sgd", "optimizer.lr": 0.1, "optimizer.weight_decay": 3e-4,
+                                "optimizer.momentum": 0.97})
+    assert space["optimizer.name"] == {"choices": ["sgd"]}
+    assert space["optimizer.lr"] == {"low": 0.05, "high": 0.2, "log": True}
+    assert space["optimizer.weight_decay"]["low"] == pytest.approx(1e-4)
+    assert space["optimizer.weight_decay"]["high"] == pytest.approx(9e-4)
+    assert space["optimizer.momentum"] == {"low": pytest.approx(0.92), "high": 0.99}  # inside SGD's range
+    assert "optimizer.momentum" not in bench._near_winner({"optimizer.name": "adamw", "optimizer.lr": 1e-3,
+                                                           "optimizer.weight_decay": 1e-4})
+
+    common = dict(model=bench.build_moons, search=bench.SEARCH, config=bench.BASE, monitor="val_acc", seed=0,
+                  trainer_kwargs={"max_epochs": 1, "accelerator": "cpu", "devices": 1}, **QUIET)
+    study = tune(sampler="random", pruner="none", n_trials=3, out_dir=tmp_path / "a", **common)
+    best = study.best_trial
+    oracle, again = bench._noise("moons", best, 3, 0, 1, tmp_path / "noise", "constant")
+    assert len(oracle) == 1 and oracle[0][0] == best.user_attrs["optkit.run"]["steps"] == 16  # 1024 / 64
+    assert len(again) == 3 and len(set(again)) > 1  # other seeds, other results
+    assert all(0.0 <= v <= 1.0 for v in again)
+    # the same config with the study's own seed reproduces (a)'s best exactly: the spread above is the seeds'
+    same = tune(search=bench.SEARCH, enqueue=[best.params], n_trials=1, enqueue_base=False, pruner="none",
+                out_dir=tmp_path / "same", **{k: v for k, v in common.items() if k != "search"})
+    assert same.best_value == best.value
