@@ -112,9 +112,14 @@ def _steps(study: optuna.Study) -> list[tuple[int, float | None]]:
     return out
 
 
-def _run_method(task: str, method: str, seed: int, trials: int, epochs: int, out: Path, schedule: str = "constant"):
+def _task(task: str, schedule: str) -> tuple[dict, dict]:
+    """``tune``'s model arguments and base config for ``task`` and ``schedule``."""
     model = dict(example="digits") if task == "digits" else dict(model=build_moons)
-    base = BASE if schedule == "constant" else {**BASE, "scheduler": COSINE}
+    return model, (BASE if schedule == "constant" else {**BASE, "scheduler": COSINE})
+
+
+def _run_method(task: str, method: str, seed: int, trials: int, epochs: int, out: Path, schedule: str = "constant"):
+    model, base = _task(task, schedule)
     common = dict(search=SEARCH, config=base, monitor="val_acc", n_trials=trials, seed=seed,
                   trainer_kwargs={"max_epochs": epochs, "accelerator": "cpu", "devices": 1}, out_dir=out, **QUIET)
     if method == "random":
@@ -147,8 +152,7 @@ def _noise(task: str, best: optuna.trial.FrozenTrial, trials: int, seed: int, ep
     """How much of (a)'s best is luck: (1) an oracle that searches only around (a)'s best config (random
     search, no pruning) with one third of (a)'s trials; (2) (a)'s best config itself trained again with
     three other seeds."""
-    model = dict(example="digits") if task == "digits" else dict(model=build_moons)
-    base = BASE if schedule == "constant" else {**BASE, "scheduler": COSINE}
+    model, base = _task(task, schedule)
     common = dict(config=base, monitor="val_acc", pruner="none", enqueue_base=False, out_dir=out,
                   trainer_kwargs={"max_epochs": epochs, "accelerator": "cpu", "devices": 1}, **QUIET)
     oracle = tune(**model, search=_near_winner(best.params), sampler="random", n_trials=max(1, trials // 3),
@@ -171,18 +175,22 @@ def _reach(seq: list[tuple[int, float | None]], extra: int, target: float) -> in
     return None
 
 
-def _print_noise(task: str, seed: int, best: float, ref_steps: int, oracle_seq: list[tuple[int, float | None]],
-                 again: list[float], fractions: dict[str, list[float]], loose: dict[str, list[float]],
-                 luck: dict[str, list[tuple[float, bool]]]) -> None:
-    values = [v for _, v in oracle_seq if v is not None]
-    reach = _reach(oracle_seq, 0, best)
-    near = _reach(oracle_seq, 0, best - ONE_EXAMPLE[task])
+def _score(task: str, method: str, seed: int, seq: list[tuple[int, float | None]], extra: int, ref_best: float,
+           ref_steps: int, fractions: dict[str, list[float]], loose: dict[str, list[float]]) -> None:
+    """Print one method's row against (a)'s best and steps, and keep its fractions for the summary."""
+    values = [v for _, v in seq if v is not None]
+    best = max(values) if values else float("nan")
+    reach = _reach(seq, extra, ref_best)
+    near = _reach(seq, extra, ref_best - ONE_EXAMPLE[task])
     frac = float("inf") if reach is None else reach / ref_steps
     frac_near = float("inf") if near is None else near / ref_steps
-    fractions.setdefault("oracle", []).append(frac)
-    loose.setdefault("oracle", []).append(frac_near)
-    print(f"{task:7} {'oracle':14} {seed:>4} {max(values):>7.4f} {sum(s for s, _ in oracle_seq):>7} "
+    fractions.setdefault(method, []).append(frac)
+    loose.setdefault(method, []).append(frac_near)
+    print(f"{task:7} {method:14} {seed:>4} {best:>7.4f} {extra + sum(s for s, _ in seq):>7} "
           f"{reach if reach is not None else 'never':>13} {frac:>9.2f} {frac_near:>13.2f}", flush=True)
+
+
+def _print_noise(task: str, best: float, again: list[float], luck: dict[str, list[tuple[float, bool]]]) -> None:
     luck.setdefault(task, []).append(((best - sum(again) / len(again)) / ONE_EXAMPLE[task], best > max(again) + TIE))
     print(f"{'':7} (a)'s best config, 3 other seeds: {' '.join(f'{v:.4f}' for v in again)} "
           f"(mean {sum(again) / len(again):.4f}; (a)'s best {best:.4f})", flush=True)
@@ -208,23 +216,14 @@ def part1(trials: int, seeds: int, epochs: int, schedule: str = "constant", nois
                     seq, extra, study = _run_method(task, method, seed, trials, epochs, Path(tmp), schedule)
                     if method == "random" and noise:
                         oracle_seq, again = _noise(task, study.best_trial, trials, seed, epochs, Path(tmp), schedule)
-                values = [v for _, v in seq if v is not None]
-                best = max(values) if values else float("nan")
-                total = extra + sum(s for s, _ in seq)
-                if ref_best is None:
-                    ref_best, ref_steps = best, total
-                    print(f"{task:7} {method:14} {seed:>4} {best:>7.4f} {total:>7} {'-':>13}", flush=True)
+                if ref_best is None:  # (a): the reference
+                    ref_best, ref_steps = max(v for _, v in seq if v is not None), sum(s for s, _ in seq)
+                    print(f"{task:7} {method:14} {seed:>4} {ref_best:>7.4f} {ref_steps:>7} {'-':>13}", flush=True)
                     if noise:
-                        _print_noise(task, seed, best, ref_steps, oracle_seq, again, fractions, loose, luck)
+                        _score(task, "oracle", seed, oracle_seq, 0, ref_best, ref_steps, fractions, loose)
+                        _print_noise(task, ref_best, again, luck)
                     continue
-                reach = _reach(seq, extra, ref_best)
-                near = _reach(seq, extra, ref_best - ONE_EXAMPLE[task])
-                frac = float("inf") if reach is None else reach / ref_steps
-                frac_near = float("inf") if near is None else near / ref_steps
-                fractions.setdefault(method, []).append(frac)
-                loose.setdefault(method, []).append(frac_near)
-                print(f"{task:7} {method:14} {seed:>4} {best:>7.4f} {total:>7} "
-                      f"{reach if reach is not None else 'never':>13} {frac:>9.2f} {frac_near:>13.2f}", flush=True)
+                _score(task, method, seed, seq, extra, ref_best, ref_steps, fractions, loose)
     for method in fractions:
         for label, fr in (("random search's best", fractions[method]),
                           ("random search's best within 1 validation example", loose[method])):
