@@ -91,6 +91,7 @@ def build_optimizers(
     trainer: Any = None,
     *,
     length: TrainingLength | None = None,
+    log: bool = True,
 ) -> Any:
     """Build what ``configure_optimizers`` returns from an ``optim:`` config.
 
@@ -99,6 +100,8 @@ def build_optimizers(
         config: an :class:`OptimConfig`, dict or YAML path.
         trainer: resolves durations (defaults to ``module.trainer`` when attached).
         length: the training length, for use without a trainer.
+        log: print the groups built (rank zero, when a trainer is attached); ``False`` for a build
+            that is not the live one (the LR finder's rebuild).
 
     Returns:
         The optimizer alone when there is no schedule, else ``([optimizers], [scheduler configs])``.
@@ -153,7 +156,7 @@ def build_optimizers(
                               "blocks whose params globs together cover every trainable parameter",
                               hint=f"not owned: {', '.join(left[:3])}{'...' if len(left) > 3 else ''}; "
                                    "add them to a block or freeze them")
-    if trainer is not None or getattr(module, "_trainer", None) is not None:
+    if log and (trainer is not None or getattr(module, "_trainer", None) is not None):
         rank_zero_info("lightning_optkit: " + "\n  ".join(lines))
     if not schedulers and len(optimizers) == 1:
         return optimizers[0]
@@ -261,13 +264,15 @@ class OptimMixin:
         mod = self._modules.get("loss_fn")  # type: ignore[attr-defined]
         if mod is not None or cfg.loss is None:
             return mod
-        from .losses import build_loss
+        from .losses import WeightedSumLoss, build_loss
 
         mod = build_loss(cfg.loss)
         device = getattr(self, "device", None)
         if device is not None:
             mod = mod.to(device)
         self._modules["loss_fn"] = mod  # type: ignore[attr-defined]  # add_module's hasattr() recurses
+        if isinstance(mod, WeightedSumLoss):
+            mod.bind(self)  # type: ignore[arg-type]  # gradnorm's shared_params, weight logging
         return mod
 
     # -- checkpoints --------------------------------------------------------------------------------

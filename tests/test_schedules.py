@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import pickle
@@ -254,3 +255,40 @@ def test_resolved_settings_report() -> None:
                        "scheduler": {"name": "wsd", "warmup": "5%", "decay": "1 epochs", "min_lr": 0.01}})
     r = resolved_settings(cfg.blocks()[0][1], LENGTH)
     assert (r["warmup"], r["params"]["decay_steps"], r["floor"]) == (12, 24, pytest.approx(0.1))
+
+
+@pytest.mark.parametrize("scheduler", [{"name": "warmup_cosine", "warmup": 10}, {"name": "onecycle"},
+                                       {"name": "multistep", "milestones": [30, 100], "gamma": 0.3}],
+                         ids=["cosine", "onecycle", "multistep"])
+def test_a_group_added_mid_run_resumes_exactly_from_the_state_dict(scheduler: dict) -> None:
+    """What a resumed fit does: configure_optimizers builds one group, the fine-tuning callback puts the
+    added one back, then the optimizer and scheduler states load; the LRs continue as in the first run."""
+    opt, entries = _ours(scheduler)
+    sched = entries[0]["scheduler"]
+    _trajectory(opt, sched, 20)
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "lr": opt.param_groups[0]["lr"] / 10})
+    _trajectory(opt, sched, 40)
+    opt_state, sched_state = copy.deepcopy(opt.state_dict()), copy.deepcopy(sched.state_dict())
+    torch.save(sched_state, buf := io.BytesIO())
+    buf.seek(0)
+    sched_state = torch.load(buf, weights_only=True)
+
+    opt2, entries2 = _ours(scheduler)
+    sched2 = entries2[0]["scheduler"]
+    opt2.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.0})
+    opt2.load_state_dict(opt_state)
+    sched2.load_state_dict(sched_state)
+    ahead = _trajectory(opt, sched, TOTAL - 60)
+    assert _trajectory(opt2, sched2, TOTAL - 60) == ahead
+    assert all(math.isclose(b / a, ahead[0][1] / ahead[0][0], rel_tol=1e-12) for a, b in ahead if a > 0)
+
+
+def test_a_state_saved_before_groups_were_followed_still_loads() -> None:
+    opt, entries = _ours({"name": "warmup_cosine", "warmup": 10})
+    sched = entries[0]["scheduler"]
+    _trajectory(opt, sched, 15)
+    state = {k: v for k, v in sched.state_dict().items() if k not in ("anchor_steps", "anchor_factors")}
+    opt2, entries2 = _ours({"name": "warmup_cosine", "warmup": 10})
+    opt2.load_state_dict(opt.state_dict())
+    entries2[0]["scheduler"].load_state_dict(state)
+    assert _trajectory(opt2, entries2[0]["scheduler"], 30) == _trajectory(opt, sched, 30)

@@ -37,6 +37,20 @@ __all__ = ["Checkpoint"]
 
 _PLACEHOLDER = re.compile(r"\{([^{}:]+)(:[^{}]*)?\}")
 _EXT = ".ckpt"
+
+
+def _check_filename(filename: Any) -> None:
+    """A file name template: ``/`` may appear in a metric name between braces, never outside them."""
+    if not isinstance(filename, str) or not filename:
+        raise ConfigError("Checkpoint.filename", filename, "a file name template without folders",
+                          hint="put folders in dirpath; e.g. filename='{epoch}-{val_loss:.3f}'")
+    outside = _PLACEHOLDER.sub("", filename)
+    if "/" in outside or "\\" in outside:
+        fixed = _PLACEHOLDER.sub(lambda m: m.group(0).replace("/", "\x00"), filename)
+        fixed = fixed.replace("/", "_").replace("\\", "_").replace("\x00", "/")
+        raise ConfigError("Checkpoint.filename", filename, "a file name template without folders (a '/' may "
+                          "appear only inside a metric's braces, as in {val/acc})",
+                          hint=f"put folders in dirpath; e.g. filename={fixed!r}")
 _SHARDED = ("FSDP", "DeepSpeed", "ModelParallel")
 # Lightning warns that a mid-epoch resume of a plain DataLoader is unreliable; with the fast-forward
 # below it is exact, so the warning is silenced between on_train_start and the first batch of a resume.
@@ -110,7 +124,9 @@ class Checkpoint(_LightningCheckpoint):
     Args:
         dirpath: folder for the files (default: ``<log_dir or default_root_dir>/checkpoints``).
         filename: name template without extension: ``{epoch}``, ``{step}`` and logged metrics, with
-            an optional format spec (``"{epoch}-{val_loss:.3f}"``).
+            an optional format spec (``"{epoch}-{val_loss:.3f}"``). A metric name may hold ``/``
+            (``"val_acc={val/acc:.3f}"``: only its value goes into the name); the text outside the
+            braces may not (it would be a folder).
         monitor: metric that ranks checkpoints for ``save_top_k``; None keeps the newest.
         mode: ``"min"`` or ``"max"``.
         save_top_k: how many named checkpoints to keep (-1: all, 0: none, only ``last``).
@@ -165,9 +181,7 @@ class Checkpoint(_LightningCheckpoint):
         if monitor is not None and (not isinstance(monitor, str) or not monitor):
             raise ConfigError("Checkpoint.monitor", monitor, "None or the name of a logged metric",
                               hint="Checkpoint(monitor='val_loss') with self.log('val_loss', ...) in validation_step")
-        if not isinstance(filename, str) or not filename or "/" in filename or "\\" in filename:
-            raise ConfigError("Checkpoint.filename", filename, "a file name template without folders",
-                              hint="put folders in dirpath; e.g. filename='{epoch}-{val_loss:.3f}'")
+        _check_filename(filename)
         if filename.endswith(_EXT):
             filename = filename[: -len(_EXT)]
         if filename == self.LAST_NAME or filename.startswith("emergency-"):
@@ -322,11 +336,18 @@ class Checkpoint(_LightningCheckpoint):
             remove_stale_tmp(dirpath)
             self._store = CheckpointStore(dirpath, fsync=self.fsync, last_name=self.LAST_NAME + _EXT)
             self._writer = AsyncWriter(self._store) if self.async_save else None
-            if self._store.entries and not trainer.ckpt_path:
-                rank_zero_warn(f"Checkpoint: {str(dirpath)!r} already holds {len(self._store.entries)} checkpoints "
-                               "of an earlier run. They stay in its manifest and this run never deletes them; "
-                               "latest_valid() returns this run's files once it has saved. HINT: to continue that "
-                               "run, pass ckpt_path=Checkpoint.latest_valid(dirpath) to fit")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning sets trainer.ckpt_path after setup(), when it restores the checkpoint: decide here.
+        if not trainer.is_global_zero or self._store is None or not self._store.entries or trainer.ckpt_path:
+            return
+        rank_zero_warn(
+            f"Checkpoint: {str(self.dirpath)!r} already holds {len(self._store.entries)} checkpoints of an earlier "
+            "run, and this fit does not resume it. They stay in the folder's manifest and this run does not count "
+            "them in its top-k (it never prunes them), but it replaces any file of the same name when it saves one "
+            f"({self.LAST_NAME}{_EXT}, or a name its filename template repeats); latest_valid() returns this run's "
+            "files once it has saved. HINT: to continue that run, pass ckpt_path=Checkpoint.latest_valid(dirpath) "
+            "to fit; to keep both runs apart, give this one its own dirpath")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_time = time.monotonic()
@@ -543,7 +564,7 @@ class Checkpoint(_LightningCheckpoint):
                     rank_zero_warn(f"Checkpoint.filename: {{{name}}} is not a logged metric yet; written as 'na'. "
                                    f"Available: {sorted(metrics)}")
                 return "na"
-            return format(value, spec)
+            return format(value, spec).replace("/", "_").replace("\\", "_")
 
         return _PLACEHOLDER.sub(sub, self.filename) + _EXT
 

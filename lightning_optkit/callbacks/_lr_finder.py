@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..config import ConfigError
 from ..lr_finder import DEFAULT_RULE, LRFinderResult, RangeTestSettings, apply_result, run_range_test
+from ..schedules import follow_param_groups
 
 __all__ = ["LRFinder"]
 
@@ -27,6 +28,16 @@ def _epochs(value: Any) -> tuple[int, ...]:
         raise ConfigError("epochs", value, "a non-empty list of epoch indices >= 0 (0: at the start of training)",
                           hint="e.g. epochs=[0, 5] to test again when epoch 5 starts (after unfreezing a backbone)")
     return out
+
+
+def _live_groups(trainer: L.Trainer, index: int) -> str:
+    """The live optimizer's groups and their LRs now, e.g. ``Adam (3 groups): lr 0.01, 0.001, 0.001``."""
+    from ._grad_stats import unwrap_optimizer
+
+    opt = unwrap_optimizer(trainer.optimizers[index])
+    n = len(opt.param_groups)
+    lrs = ", ".join(f"{float(g['lr']):.4g}" for g in opt.param_groups)
+    return f"{type(opt).__name__} ({n} group{'s' * (n != 1)}): lr {lrs}"
 
 
 class LRFinder(Callback):
@@ -141,6 +152,7 @@ class LRFinder(Callback):
             return
         if trainer.sanity_checking:  # pragma: no cover - no hook of ours runs then
             return
+        follow_param_groups(c.scheduler for c in trainer.lr_scheduler_configs)  # groups added at this epoch's start
         result = run_range_test(trainer, self.settings)
         if self.apply and result.recommended_lr is not None:
             result.applied = apply_result(trainer, result, self.settings.optimizer or 0)
@@ -150,7 +162,8 @@ class LRFinder(Callback):
         elif self.verbose:
             action = f"set {result.reference} = {result.recommended_lr:.4g}" if result.applied else \
                 f"recommends {result.reference} = {result.recommended_lr:.4g} (apply=False: not set)"
-            rank_zero_info(f"LRFinder (epoch {epoch}): {action}\n{result.summary()}")
+            rank_zero_info(f"LRFinder (epoch {epoch}): {action}; {_live_groups(trainer, self.settings.optimizer or 0)}"
+                           f"\n{result.summary()}")
 
     # -- state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from ..config import ConfigError
+from ..schedules import follow_param_groups
 from ._grad_stats import first_nonfinite, grad_stats, optimizer_params, param_names, unwrap_optimizer
 from ._health_utils import (
     check_choice,
@@ -97,10 +98,14 @@ class NonFiniteGuard(Callback):
     """Detect non-finite losses, non-finite gradients and loss spikes, skip the step, and act.
 
     Every flagged optimizer step is skipped: the optimizer does not update the weights and its state
-    (moments, step counts) is untouched, so a NaN never reaches the model. Then the ``policy`` acts:
+    (moments, step counts) is untouched, and every module buffer the step's forward passes wrote
+    (BatchNorm ``running_mean``/``running_var``/``num_batches_tracked``, any registered buffer) is put
+    back as it was before the step's first micro-batch, so a NaN never reaches the model. (The buffers
+    are copied into preallocated tensors before each step: one ``_foreach_copy_``, no host read.)
+    Then the ``policy`` acts:
 
-    * ``"skip"``: nothing more.
-    * ``"reduce_lr"``: multiply every learning rate by ``lr_factor`` (at most once per ``cooldown``
+    * ``"skip"``: nothing more: weights, optimizer state and buffers are those before the step.
+    * ``"reduce_lr"``: as ``"skip"``, then multiply every learning rate by ``lr_factor`` (at most once per ``cooldown``
       steps). The reduction is applied to the schedulers' base LRs too, so it persists and composes
       with any schedule (ours, torch's, plateau), and it survives a checkpoint resume.
     * ``"rollback"``: restore the last in-memory snapshot of the model (parameters and buffers) and
@@ -249,6 +254,7 @@ class NonFiniteGuard(Callback):
         self._post_hooks: list[Any] = []
         self._warned = 0
         self._sync_warned = False
+        self._buffers: _BufferGuard | None = None
 
     # -- identity and state ----------------------------------------------------------------------
     @property
@@ -335,6 +341,11 @@ class NonFiniteGuard(Callback):
                 torch_opt = unwrap_optimizer(opt)
                 self._post_hooks.append(torch_opt.register_step_post_hook(_clear_found_inf))
 
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self._buffers is None:
+            self._buffers = _BufferGuard(pl_module)
+        self._buffers.save()  # once per optimizer step: before the first micro-batch's forward
+
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if self.snapshot_every_n_steps is not None and self._params_finite(trainer)[0]:
             self._take_snapshot(trainer, int(trainer.global_step))
@@ -344,6 +355,7 @@ class NonFiniteGuard(Callback):
             handle.remove()
         self._post_hooks.clear()
         self._snapshot = None
+        self._buffers = None
 
     def _choose_skip_mode(self, trainer: Any) -> str:
         scaler = getattr(trainer.precision_plugin, "scaler", None)
@@ -414,18 +426,26 @@ class NonFiniteGuard(Callback):
         if self._skip_mode == "found_inf":
             opt.grad_scale = None  # type: ignore[attr-defined]
             opt.found_inf = bad.float()  # type: ignore[attr-defined]
+            if self._buffers is not None:
+                self._buffers.restore_where(bad)
             return
         if self._skip_mode == "scaler":
+            if self._buffers is not None:
+                self._buffers.restore_where(bad)
             return
         self._last_bad_host = bool(bad)  # CPU: a plain read; accelerator: the documented sync
         if self._last_bad_host:
             for p in optimizer_params(opt):
                 p.grad = None
+            if self._buffers is not None:
+                self._buffers.restore()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not self._stepped:
             return
         self._stepped = False
+        if self._buffers is not None:
+            self._buffers.stepped()  # the next batch starts a new optimizer step
         step = int(trainer.global_step) - 1  # the step just taken
         snapshot_due = due(step, self.snapshot_every_n_steps)
         ring_full = self._ring is not None and len(self._ring_meta) >= len(self._ring) - 1
@@ -650,6 +670,7 @@ class NonFiniteGuard(Callback):
     # -- LR reduction ------------------------------------------------------------------------------
     def _scale_lrs(self, trainer: Any, factor: float) -> None:
         """Scale every LR and the schedulers' bases, so the reduction persists through any schedule."""
+        follow_param_groups(c.scheduler for c in getattr(trainer, "lr_scheduler_configs", []))
         for opt in trainer.optimizers:
             for group in unwrap_optimizer(opt).param_groups:
                 for key in ("lr", "initial_lr", "max_lr", "min_lr"):
@@ -750,3 +771,71 @@ def _scale_scheduler(sched: Any, factor: float, seen: set[int]) -> None:
     optimizer = getattr(sched, "optimizer", None)
     if optimizer is not None and hasattr(sched, "_last_lr"):
         sched._last_lr = [float(g["lr"]) for g in optimizer.param_groups]
+
+
+_MAX_BUFFER_BYTES = 256 * 2**20
+
+
+class _BufferGuard:
+    """The module buffers (BatchNorm running statistics, ``num_batches_tracked``, any registered buffer)
+    as they were before the forward passes of the current optimizer step, to put back if it is skipped.
+
+    One flat copy per dtype and device, preallocated: saving is one ``_foreach_copy_`` per step; a
+    restore that must not read the flag (fused optimizers, AMP) is a ``torch.where`` on the device.
+    Buffers larger than 256 MiB in all are not guarded (a rank-zero message says so).
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        buffers = [b for b in module.buffers() if isinstance(b, Tensor) and b.numel() > 0]
+        nbytes = sum(b.numel() * b.element_size() for b in buffers)
+        if nbytes > _MAX_BUFFER_BYTES:
+            rank_zero_info(f"{_OWNER}: the module buffers take {_size(nbytes)}; a skipped step does not restore them")
+            buffers = []
+        groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+        for b in buffers:
+            if b.is_contiguous():
+                groups.setdefault((b.dtype, b.device), []).append(b)
+        self.other = [b for b in buffers if not b.is_contiguous()]  # no flat view: one copy each
+        self.other_saved = [torch.empty_like(b) for b in self.other]
+        self.groups = [(bufs, torch.empty(sum(b.numel() for b in bufs), dtype=key[0], device=key[1]))
+                       for key, bufs in groups.items()]
+        # views made once: the buffers are updated in place, so their flat views stay valid
+        self.flat_live = [[b.view(-1) for b in bufs] for bufs, _flat in self.groups]
+        self.saved_views = [[v.view_as(b) for v, b in zip(torch.split(flat, [b.numel() for b in bufs]), bufs)]
+                            for bufs, flat in self.groups]
+        self.sizes = [[b.numel() for b in bufs] for bufs, _flat in self.groups]
+        self.saved = False
+
+    def save(self) -> None:
+        if self.saved:
+            return
+        with torch.no_grad():
+            for (bufs, _flat), saved in zip(self.groups, self.saved_views):
+                torch._foreach_copy_(saved, bufs)
+            if self.other:
+                torch._foreach_copy_(self.other_saved, self.other)
+        self.saved = True
+
+    def stepped(self) -> None:
+        self.saved = False
+
+    def restore(self) -> None:
+        if not self.saved:
+            return
+        with torch.no_grad():
+            for (bufs, _flat), saved in zip(self.groups, self.saved_views):
+                torch._foreach_copy_(bufs, saved)
+            if self.other:
+                torch._foreach_copy_(self.other, self.other_saved)
+
+    def restore_where(self, bad: Tensor) -> None:
+        """Restore where ``bad`` (a device flag) is set, without reading it on the host."""
+        if not self.saved:
+            return
+        with torch.no_grad():
+            for (_bufs, flat), flat_live, sizes in zip(self.groups, self.flat_live, self.sizes):
+                live = torch.cat(flat_live)
+                torch.where(bad.to(flat.device), flat, live, out=live)
+                torch._foreach_copy_(flat_live, list(torch.split(live, sizes)))
+            for b, saved in zip(self.other, self.other_saved):
+                b.copy_(torch.where(bad.to(b.device), saved, b))

@@ -180,6 +180,9 @@ def _lambda_trace(sched: Any, group: int, trainer: Any, interval: str) -> list[f
         return None
     n = stop - start
     points = range(start, stop) if n <= _MAX_POINTS else [start + round(i * (n - 1) / (_MAX_POINTS - 1)) for i in range(_MAX_POINTS)]
+    lr_at = getattr(sched, "lr_at", None)  # optkit's: knows groups added during training
+    if callable(lr_at):
+        return [float(lr_at(group, s)) for s in points]
     base = sched.base_lrs[group]
     return [base * float(fn(s)) for s in points]
 
@@ -349,7 +352,7 @@ def _take_values_from_a_fresh_build(trainer: Any, module: nn.Module, cfg: OptimC
 
     live_opts = list(trainer.optimizers)
     live_scheds = [c.scheduler for c in trainer.lr_scheduler_configs]
-    built = build_optimizers(module, cfg, trainer)
+    built = build_optimizers(module, cfg, trainer, log=False)  # a throw-away: the live optimizer is logged
     opts, configs = ([built], []) if isinstance(built, torch.optim.Optimizer) else built
     scheds = [c["scheduler"] for c in configs]
     if len(opts) != len(live_opts) or len(scheds) != len(live_scheds):

@@ -4,7 +4,7 @@ See :mod:`lightning_optkit.schedules._functions` for the convention (warm-up ins
 decay ending at the last optimizer step) and how it relates to HuggingFace, timm and torch.
 """
 
-from ._adapters import PlateauWarmupStepper, ScheduledLR, WarmupReduceLROnPlateau
+from ._adapters import PlateauWarmupStepper, ScheduledLR, WarmupReduceLROnPlateau, follow_param_groups
 from ._build import build_scheduler, resolved_settings
 from ._functions import DECAYS, MomentumFn, ScheduleFn
 from ._registry import SCHEDULES, ScheduleInfo, lookup, validate_scheduler
@@ -19,6 +19,7 @@ __all__ = [
     "ScheduledLR",
     "WarmupReduceLROnPlateau",
     "build_scheduler",
+    "follow_param_groups",
     "lookup",
     "resolved_settings",
     "validate_scheduler",

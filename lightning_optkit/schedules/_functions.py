@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DECAYS", "MomentumFn", "ScheduleFn", "onecycle_momentum"]
+__all__ = ["CHAINED_KINDS", "DECAYS", "MomentumFn", "ScheduleFn", "onecycle_momentum"]
 
 
 def _progress(t: int, n: int) -> float:
@@ -169,6 +169,21 @@ DECAYS: dict[str, Callable[..., float]] = {
     "onecycle": onecycle,
 }
 
+# decays that torch computes by multiplying the LR by gamma at each milestone (MultiStepLR, StepLR)
+CHAINED_KINDS = ("multistep", "step")
+_MAX_CHAIN = 64  # beyond this many multiplications, gamma ** k (torch's rounding is not worth the loop)
+
+
+def _gammas(kind: str, params: dict[str, Any], start: int, t: int) -> list[float] | None:
+    """The multipliers applied after step ``start`` up to step ``t`` (post-warm-up steps), in order."""
+    gamma = float(params.get("gamma", 0.1))
+    if kind == "multistep":
+        stones = [m for m in params.get("milestones", ()) if start < m <= t]
+        return [gamma ** stones.count(m) for m in sorted(set(stones))]
+    size = max(int(params.get("step_size", 1)), 1)
+    k = t // size - max(start, 0) // size
+    return [gamma] * k if k <= _MAX_CHAIN else None
+
 
 @dataclass
 class ScheduleFn:
@@ -191,6 +206,32 @@ class ScheduleFn:
         if step < self.warmup:
             return self.warmup_start + (1.0 - self.warmup_start) * step / self.warmup
         return DECAYS[self.kind](step - self.warmup, self.total - self.warmup, self.floor, **self.params)
+
+    def chained(self, base: float, step: int, since: int | None = None, ref: float = 1.0) -> float | None:
+        """The LR at ``step`` of a ``multistep``/``step`` group, multiplied out as torch does (else ``None``).
+
+        ``base`` is the group's peak LR (``since=None``) or its LR at step ``since``, where the factor
+        was ``ref``. ``base * gamma * gamma`` rounds as ``MultiStepLR`` does; ``base * gamma ** 2`` does not.
+
+        Example:
+            >>> fn = ScheduleFn("multistep", total=10, params={"milestones": [2, 4], "gamma": 0.1})
+            >>> fn.chained(1e-3, 5) == 1e-3 * 0.1 * 0.1, fn.chained(1e-4, 5, since=3, ref=0.1) == 1e-4 * 0.1
+            (True, True)
+        """
+        if self.kind not in CHAINED_KINDS or step < self.warmup:
+            return None
+        start = -1 if since is None else since - self.warmup
+        if since is not None and start < 0:
+            return None  # anchored inside the warm-up: the plain ratio of factors
+        gammas = _gammas(self.kind, self.params, start, step - self.warmup)
+        if gammas is None:
+            return None
+        lr = base
+        for g in gammas:
+            lr = lr * g
+        if self.floor > 0:
+            lr = max(lr, base / ref * self.floor)
+        return lr
 
 
 @dataclass

@@ -108,12 +108,17 @@ class PruningCallback(Callback):
             return
         from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
-        if isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
+        launcher = getattr(trainer.strategy, "launcher", None)
+        if isinstance(launcher, _MultiProcessingLauncher):
+            method = getattr(launcher, "_start_method", None) or getattr(trainer.strategy, "_start_method", "spawn")
             raise ConfigError(
-                "trainer.strategy", type(trainer.strategy).__name__,
+                "trainer.strategy", f"{type(trainer.strategy).__name__} with start_method={method!r} "
+                f"(strategy='ddp_{method}' or 'ddp_notebook')",
                 "strategy='ddp' (Lightning's subprocess launcher, or torchrun)",
-                hint="spawn/fork strategies train in copies of this process, where the trial cannot report; "
-                     "PruningCallback keeps the trial on rank 0 and broadcasts its decisions instead",
+                hint=f"'ddp_{method}' trains in {method}ed copies of this process: the trial's reports and the "
+                     "TrialPruned exception stay in those copies. Use Trainer(strategy='ddp'), which starts the "
+                     "other ranks as subprocesses and keeps rank 0 in this process (PruningCallback keeps the "
+                     "trial there and broadcasts its decisions), or let optkit tune run the DDP trials",
             )
         if trainer.global_rank == 0 and self.trial is None:
             raise ValueError("PruningCallback: rank 0 needs the trial (trial=None is for the other DDP ranks)")
