@@ -197,6 +197,21 @@ def _diverging() -> tuple[Any, ...]:
     return model, loader(least_squares(), 128), None, {"max_epochs": 40}
 
 
+def _above_edge() -> tuple[Any, ...]:
+    from lightning_optkit.diagnostics import SharpnessMonitor
+
+    torch.manual_seed(SEED[0])
+    model = Model(nn.Linear(8, 1), "reg", sgd(0.2))  # 2 / lambda_max = 0.124 on this data
+    monitor = SharpnessMonitor(every_n_epochs=2, num_batches=2, iters=20, loss_fn=nn.MSELoss())
+    return model, loader(least_squares(), 128), None, {"max_epochs": 4, "callbacks": [monitor]}
+
+
+def _too_small() -> tuple[Any, ...]:
+    torch.manual_seed(SEED[0])
+    model = Model(mlp([16, 1, 4]), "cls", adam(1e-2))  # one hidden unit for 4 classes in 16 dimensions
+    return model, loader(blobs(noise=2.0)), loader(blobs(256, noise=2.0, seed=1), 64, False), {"max_epochs": 30}
+
+
 def _oscillating() -> tuple[Any, ...]:
     torch.manual_seed(SEED[0])
     model = Model(mlp([16, 64, 64, 4]), "cls", adam(0.05))
@@ -264,6 +279,9 @@ CASES: list[Case] = [
          lambda: _cls(with_sched(adam(1e-3), lambda o, m: torch.optim.lr_scheduler.ReduceLROnPlateau(o, patience=10),
                                  interval="epoch", monitor="val_loss")),
          "ReduceLROnPlateau(patience=10) over 8 epochs"),
+    Case("underfitting", "UNDERFITTING", _too_small, "one hidden unit for 4 classes, 30 epochs: poor and flat"),
+    Case("above_edge", "ABOVE_STABILITY_EDGE", _above_edge,
+         "least squares, SGD lr=0.2 > 2/lambda_max=0.124, with a SharpnessMonitor"),
     Case("healthy_classification", None, lambda: _cls(adam(1e-3)), "MLP classifier, Adam 1e-3"),
     Case("healthy_regression", None, lambda: _reg(adam(3e-3)), "MLP regression, Adam 3e-3"),
     Case("healthy_warmup", None, _warmup_healthy, "OptimMixin: AdamW + warmup_cosine (10% warm-up)"),
@@ -280,8 +298,8 @@ def run_case(case: Case, root: str, check_every_n_steps: int = 50) -> tuple[list
     doctor = TrainingDoctor(check_every_n_steps=check_every_n_steps, max_warnings=0)
     trainer = L.Trainer(
         accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=root, callbacks=[doctor],
-        **trainer_kwargs,
+        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=root,
+        callbacks=[doctor, *trainer_kwargs.pop("callbacks", [])], **trainer_kwargs,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -157,6 +157,20 @@ def test_overfitting_rule() -> None:
     assert x.code == "OVERFITTING" and x.evidence["val_min_epoch"] == 1 and x.first_step == 20
 
 
+def test_overfitting_finding_quotes_the_last_validation_at_the_end() -> None:
+    """A rise that later validations undo: the end-of-fit table must not quote the stale value as "now"."""
+    d = doctor_with([1.0 / (1 + i / 10) for i in range(100)])
+    d.val_key = "val_loss"
+    d.val = [(10, 0, 1.0, 0.9), (20, 1, 0.8, 0.6), (30, 2, 0.85, 0.4), (40, 3, 0.897, 0.2)]
+    (x,) = d.diagnose()
+    assert "is now 0.897" in x.message
+    d.val += [(50, 4, 0.5, 0.15), (60, 5, 0.193, 0.1)]
+    (x,) = d.diagnose()
+    assert x.code == "OVERFITTING" and x.evidence["val_now"] == 0.193 and x.evidence["val_peak"] == 0.897
+    assert "is now 0.193" in x.message and "is now 0.897" not in x.message
+    assert "0.897" in d.table() and "is now 0.193" in d.table()
+
+
 def test_ignore_and_thresholds() -> None:
     d = TrainingDoctor(ignore=["LOSS_NOT_DECREASING"], thresholds={"not_decreasing": 0.5})
     assert d.thresholds["not_decreasing"] == 0.5

@@ -6,7 +6,7 @@ import math
 import os
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -19,6 +19,14 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from ..config import ConfigError, did_you_mean
 from ._grad_stats import Grouping, grad_stats, optimizer_params, unwrap_optimizer
 from ._health_utils import check_int, fmt, resolve_log_dir, write_json_atomic
+from ._verdicts import (
+    Capacity,
+    Convergence,
+    capacity_verdict,
+    convergence_state,
+    sharpness_monitors,
+    sharpness_summary,
+)
 
 __all__ = ["CODES", "DEFAULT_THRESHOLDS", "Diagnosis", "TrainingDoctor"]
 
@@ -38,6 +46,8 @@ CODES: dict[str, tuple[str, str]] = {
     "WARMUP_TOO_LONG": ("warning", "the warm-up takes most of training"),
     "SCHEDULE_INTERVAL_MISMATCH": ("warning", "a schedule is stepped in the wrong unit (step vs epoch)"),
     "PLATEAU_NEVER_FIRES": ("warning", "the plateau scheduler never reduces the learning rate"),
+    "UNDERFITTING": ("warning", "training and validation are both poor and no longer improving"),
+    "ABOVE_STABILITY_EDGE": ("warning", "the sharpness is above the optimizer's stability edge"),
 }
 
 #: Thresholds of the rules; override any of them with ``TrainingDoctor(thresholds={...})``.
@@ -54,6 +64,12 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "zero_grad_steps": 20,       # optimizer steps without a gradient before "zero gradients"
     "lr_decay": 0.9,             # final / peak LR above which "never decays"
     "warmup_fraction": 0.5,      # warm-up / training above which "too long"
+    "capacity_high": 0.9,        # train score above which a low validation score means "overfitting"
+    "capacity_low": 0.7,         # score below which train / validation count as "poor"
+    "capacity_fit_gap": 0.05,    # |train - validation| score gap below which the model "fits"
+    "convergence_window": 0.2,   # fraction of the recorded steps compared with the same span before
+    "converging_fast": 0.1,      # relative improvement over the window for "converging fast"
+    "converged": 0.01,           # relative improvement below which the loss has "converged"
 }
 
 REMEDIES: dict[str, str] = {
@@ -82,6 +98,10 @@ REMEDIES: dict[str, str] = {
                                   "optimizer steps, interval='epoch' for lengths in epochs",
     "PLATEAU_NEVER_FIRES": "lower patience (or threshold) so it can fire within the run, check mode ('min' for a "
                            "loss) and that the monitored metric is logged, or use a fixed schedule",
+    "UNDERFITTING": "add capacity (wider/deeper model, fewer constraints: less weight decay, dropout or "
+                    "augmentation), train longer or at a higher learning rate, and check the features carry the signal",
+    "ABOVE_STABILITY_EDGE": "lower the learning rate below the edge (for SGD 2 / lambda_max; see the evidence), or "
+                            "lengthen the warm-up so sharpness adapts; add gradient clipping if the loss spikes",
 }
 
 _HORIZON_ATTRS = (("OneCycleLR", "total_steps"), ("CosineAnnealingLR", "T_max"), ("LinearLR", "total_iters"),
@@ -165,7 +185,20 @@ class TrainingDoctor(Callback):
     WARMUP_TOO_LONG            the warm-up takes more than half of training
     SCHEDULE_INTERVAL_MISMATCH a per-step schedule stepped per epoch, or the reverse
     PLATEAU_NEVER_FIRES        a ReduceLROnPlateau that cannot or does not fire within the run
+    UNDERFITTING               train and validation scores both poor (capacity verdict) and the
+                               loss no longer improving fast (convergence state)
+    ABOVE_STABILITY_EDGE       a ``SharpnessMonitor`` in the same trainer saw the top Hessian
+                               eigenvalue above the optimizer's stability edge
     ========================== =================================================================
+
+    Besides the codes, the report (console table, JSON, TensorBoard text) carries two verdicts at the
+    end of the fit: a **capacity** verdict from the last train and validation scores -- accuracy when
+    both are logged (keys containing ``train``/``val`` and ``acc``, or ``capacity_keys``), else loss
+    scores ``1 - loss / initial training loss``: train > ``capacity_high`` and validation <
+    ``capacity_low`` -> overfitting, both < ``capacity_low`` -> underfitting, ``|gap| <
+    capacity_fit_gap`` -> good fit, else inconclusive; and a **convergence** state of the training
+    loss (converging fast / slowly, converged, stalled, worsening) from the relative improvement of
+    its median over the last ``convergence_window`` of the steps.
 
     Output: a rank-zero warning when a code is first found (once per code, at most
     ``max_warnings`` in a run), a summary table on the console at the end of the fit,
@@ -188,6 +221,8 @@ class TrainingDoctor(Callback):
         ignore: codes not to report.
         max_warnings: warnings printed during training (the summary always lists everything).
         filename: name of the JSON report in the log dir; ``None`` to write none.
+        capacity_keys: ``"auto"`` (accuracy keys when logged, else losses), ``"loss"``, or a pair
+            ``(train_key, val_key)`` of higher-is-better metrics in [0, 1] for the capacity verdict.
 
     Example:
         >>> import lightning as L
@@ -206,6 +241,7 @@ class TrainingDoctor(Callback):
         ignore: Sequence[str] = (),
         max_warnings: int = 5,
         filename: str | None = "doctor.json",
+        capacity_keys: str | Sequence[str] = "auto",
     ) -> None:
         super().__init__()
         self.check_every_n_steps = int(check_int(_OWNER, "check_every_n_steps", check_every_n_steps))  # type: ignore[arg-type]
@@ -230,6 +266,7 @@ class TrainingDoctor(Callback):
         if filename is not None and (not isinstance(filename, str) or not filename or os.sep in filename):
             raise ConfigError(f"{_OWNER}.filename", filename, "a file name (no folder) or None")
         self.filename = filename
+        self.capacity_keys = _check_capacity_keys(capacity_keys)
 
         # persistent state
         self.series = _Series()
@@ -244,6 +281,9 @@ class TrainingDoctor(Callback):
         self.planned_steps: int | None = None
         self.planned_epochs: int | None = None
         self.schedules: list[dict[str, Any]] = []
+        self.score_metrics: dict[str, float] = {}  # last train/val accuracy values seen (capacity verdict)
+        self.capacity: Capacity | None = None
+        self.convergence: Convergence | None = None
 
         # working state
         self._active = True
@@ -256,6 +296,7 @@ class TrainingDoctor(Callback):
         self._layout_key: int | None = None
         self._log_dir: str | None = None
         self._last_val_count = 0
+        self._sharpness: list[Any] = []
 
     # -- identity and state ----------------------------------------------------------------------
     @property
@@ -284,6 +325,7 @@ class TrainingDoctor(Callback):
             "warned": list(self.warned),
             "ever_grad": dict(self.ever_grad),
             "optimizer_steps": self.optimizer_steps,
+            "score_metrics": dict(self.score_metrics),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -296,6 +338,7 @@ class TrainingDoctor(Callback):
         self.warned = list(state_dict.get("warned", []))
         self.ever_grad = dict(state_dict.get("ever_grad", {}))
         self.optimizer_steps = int(state_dict.get("optimizer_steps", 0))
+        self.score_metrics = dict(state_dict.get("score_metrics", {}))
 
     # -- lifecycle -------------------------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -319,6 +362,7 @@ class TrainingDoctor(Callback):
             if p.requires_grad and id(p) in in_first:
                 self.ever_grad.setdefault(name, False)
         self.schedules = [_describe_schedule(cfg) for cfg in trainer.lr_scheduler_configs]
+        self._sharpness = sharpness_monitors(trainer.callbacks)
         self._check_schedules_at_start()
         self._emit_new(trainer)
 
@@ -331,6 +375,7 @@ class TrainingDoctor(Callback):
         if not self._active:
             return
         self._flush()
+        self._read_scores(trainer.callback_metrics)
         self._run_rules(end=True)
         self._emit_new(trainer)
         self._summary(trainer)
@@ -391,6 +436,7 @@ class TrainingDoctor(Callback):
         metrics = trainer.callback_metrics
         key = self.val_key or self._find_val_key(metrics)
         self._flush()
+        self._read_scores(metrics)
         if key is not None and key in metrics:
             self.val_key = key
             value = float(metrics[key])
@@ -456,8 +502,10 @@ class TrainingDoctor(Callback):
             self._rule_loss_trends(warm, end)
         self._rule_zero_grads()
         self._rule_overfitting()
+        self._rule_sharpness()
         if end:
             self._rule_schedules_at_end()
+            self._rule_capacity()
 
     def _warmup_end(self) -> int:
         """Index into the series where the LR first reaches its peak, when it started well below it."""
@@ -615,6 +663,7 @@ class TrainingDoctor(Callback):
         values = [v for _, _, v, _ in self.val]
         i_min = min(range(len(values)), key=values.__getitem__)
         if i_min >= len(values) - 2:
+            self._overfitting_passed()
             return
         v_min, v_now = values[i_min], values[-1]
         rising = all(v > v_min for v in values[-2:]) and v_now > v_min + th["overfit_rise"] * abs(v_min) + 1e-12
@@ -626,6 +675,93 @@ class TrainingDoctor(Callback):
                        "val_now": v_now, "train_at_min": t_min, "train_now": t_now},
                       f"{self.val_key} was lowest at {fmt(v_min)} (epoch {self.val[i_min][1]}) and is now {fmt(v_now)}, "
                       f"while the training loss fell from {fmt(t_min)} to {fmt(t_now)}")
+        else:
+            self._overfitting_passed()
+
+    def _overfitting_passed(self) -> None:
+        """A rise diagnosed earlier that the later validations no longer show: say so, with the last value."""
+        old = self.found.get("OVERFITTING")
+        if old is None or ("val_peak" in old.evidence and old.evidence.get("val_now") == self.val[-1][2]):
+            return
+        ev = dict(old.evidence)
+        ev.setdefault("val_peak", ev["val_now"])
+        ev.setdefault("val_peak_step", old.last_step)
+        step, epoch, v_now, _t = self.val[-1]
+        ev["val_now"] = v_now
+        self.found["OVERFITTING"] = replace(
+            old, evidence=ev, message=(
+                f"{self.val_key} rose from its lowest {fmt(ev['val_min'])} (epoch {ev['val_min_epoch']}) to "
+                f"{fmt(ev['val_peak'])} at step {ev['val_peak_step']} while the training loss fell; it is now "
+                f"{fmt(v_now)} (epoch {epoch}), so the rise did not last"))
+
+    # -- verdicts ----------------------------------------------------------------------------------
+    def _read_scores(self, metrics: Mapping[str, Any]) -> None:
+        """Remember the latest train/validation accuracy (or ``capacity_keys``) values, when both are logged."""
+        if self.capacity_keys == "loss":
+            return
+        keys = list(metrics)
+        if isinstance(self.capacity_keys, tuple):
+            train_key, val_key = self.capacity_keys
+        else:
+            train_key, val_key = _score_key(keys, "train"), _score_key(keys, "val")
+        if train_key in metrics and val_key in metrics:
+            self.score_metrics = {"train_key": train_key, "val_key": val_key,
+                                  "train": float(metrics[train_key]), "val": float(metrics[val_key])}
+
+    def _capacity(self) -> Capacity | None:
+        th = self.thresholds
+        limits = {"high": th["capacity_high"], "low": th["capacity_low"], "fit_gap": th["capacity_fit_gap"]}
+        sm = self.score_metrics
+        if sm:
+            metric = "accuracy" if self.capacity_keys == "auto" else "score"
+            return capacity_verdict(sm["train"], sm["val"], metric=metric, train_key=sm["train_key"],
+                                    val_key=sm["val_key"], **limits)
+        head = [v for v in self.series.loss[:5] if math.isfinite(v)]
+        if not self.val or not head or not math.isfinite(self.val[-1][3]):
+            return None
+        initial = max(abs(statistics.median(head)), 1e-12)
+        _, _, val, train = self.val[-1]
+        return capacity_verdict(1 - train / initial, 1 - val / initial, metric="loss", train_key="train loss",
+                                val_key=self.val_key, **limits)
+
+    def _rule_capacity(self) -> None:
+        """Capacity verdict and convergence state (end of fit); UNDERFITTING when both poor and flat."""
+        th = self.thresholds
+        self.convergence = convergence_state(self.series.loss, window=th["convergence_window"],
+                                             fast=th["converging_fast"], converged=th["converged"],
+                                             stalled=th["not_decreasing"])
+        self.capacity = cap = self._capacity()
+        conv = self.convergence
+        if cap is None or conv is None or cap.verdict != "underfitting":
+            return
+        if conv.state in ("converging fast", "stalled") or "LOSS_NOT_DECREASING" in self.found:
+            return  # still improving fast: train longer first; no progress at all: LOSS_NOT_DECREASING says why
+        s = self.series
+        ev = {"metric": cap.metric, "train": cap.train, "val": cap.val, "convergence": conv.state,
+              "recent_improvement": conv.recent_improvement}
+        self._add("UNDERFITTING", s.steps[-conv.window_steps] if conv.window_steps <= len(s.steps) else 0,
+                  s.steps[-1], ev, f"{cap.message}, and the training loss is {conv.state} "
+                  f"({conv.recent_improvement * 100:+.1f}% over the last {conv.window_steps} recorded steps)")
+
+    def _rule_sharpness(self) -> None:
+        for monitor in self._sharpness:
+            ev = sharpness_summary(monitor)
+            if ev is None:
+                continue
+            compared = ev["lambda_max_preconditioned"] if ev["lambda_max_preconditioned"] is not None else ev["lambda_max"]
+            ratio = f"{ev['worst_ratio']:.3g}" if ev["worst_ratio"] is not None else "?"
+            self._add("ABOVE_STABILITY_EDGE", ev["first_step"] or 0, ev["last_step"] or 0, ev,
+                      f"{ev['checks_above']} of {ev['checks']} sharpness checks were above the {ev['edge_kind']} edge "
+                      f"(first at step {ev['first_step']}; worst: sharpness {fmt(compared)} vs edge {fmt(ev['edge'])}, "
+                      f"ratio {ratio})")
+
+    def _verdict_lines(self) -> list[str]:
+        lines = []
+        if self.capacity is not None:
+            lines.append(f"capacity: {self.capacity.verdict} ({self.capacity.message})")
+        if self.convergence is not None:
+            lines.append(f"convergence: {self.convergence.state} ({self.convergence.message})")
+        return lines
 
     # -- schedule rules ----------------------------------------------------------------------------
     def _check_schedules_at_start(self) -> None:
@@ -727,23 +863,24 @@ class TrainingDoctor(Callback):
         for d in self.diagnoses:
             rows.append((d.code, d.severity, f"{d.first_step}-{d.last_step}", d.message, d.remedy))
         if len(rows) == 1:
-            return "TrainingDoctor: no problems found."
+            return "\n".join(["TrainingDoctor: no problems found.", *self._verdict_lines()])
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = [f"TrainingDoctor: {len(rows) - 1} finding(s)"]
         for r in rows:
             lines.append("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
             if r is not rows[0]:
                 lines.append(" " * (sum(widths) + 6) + "-> " + r[4])
-        return "\n".join(lines)
+        return "\n".join(lines + self._verdict_lines())
 
     def markdown(self) -> str:
         """The findings as a Markdown table (what goes to TensorBoard)."""
+        verdicts = [f"- **{line.split(':', 1)[0]}**:{line.split(':', 1)[1]}" for line in self._verdict_lines()]
         if not self.found:
-            return "TrainingDoctor: no problems found."
+            return "\n\n".join(["TrainingDoctor: no problems found.", *(["\n".join(verdicts)] if verdicts else [])])
         lines = ["| code | severity | steps | evidence | remedy |", "|---|---|---|---|---|"]
         for d in self.diagnoses:
             lines.append(f"| {d.code} | {d.severity} | {d.first_step}-{d.last_step} | {d.message} | {d.remedy} |")
-        return "\n".join(lines)
+        return "\n".join(lines) + ("\n\n" + "\n".join(verdicts) if verdicts else "")
 
     def _summary(self, trainer: Any) -> None:
         rank_zero_info(self.table())
@@ -761,6 +898,8 @@ class TrainingDoctor(Callback):
             "planned_steps": self.planned_steps,
             "diagnoses": [asdict(d) for d in self.diagnoses],
             "codes": self.codes,
+            "capacity": asdict(self.capacity) if self.capacity is not None else None,
+            "convergence": asdict(self.convergence) if self.convergence is not None else None,
         })
 
     def __repr__(self) -> str:
@@ -768,6 +907,21 @@ class TrainingDoctor(Callback):
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
+def _check_capacity_keys(value: Any) -> str | tuple[str, str]:
+    if value in ("auto", "loss"):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(k, str) and k for k in value):
+        return (value[0], value[1])
+    raise ConfigError(f"{_OWNER}.capacity_keys", value, "'auto', 'loss' or a pair (train_key, val_key)")
+
+
+def _score_key(keys: Sequence[str], split: str) -> str | None:
+    """The logged accuracy key of ``split`` (``train``/``val``), preferring the epoch value over ``*_step``."""
+    found = [k for k in keys if split in k.lower() and "acc" in k.lower()]
+    found.sort(key=lambda k: (k.endswith("_step"), len(k)))
+    return found[0] if found else None
+
+
 def _spearman(values: list[float]) -> float:
     """Rank correlation of ``values`` with time: +1 steadily rising, -1 steadily falling."""
     n = len(values)

@@ -20,7 +20,9 @@ from torch import nn
 
 from lightning_optkit.config import ConfigError, LossConfig, OptimConfig, did_you_mean, register_validator
 
+from ._composite import WeightedSumLoss
 from ._registry import LossInfo, import_object, resolve_loss
+from ._weighting import WEIGHTINGS, weighting_problem
 
 __all__ = ["LossSource", "build_loss", "validate_loss_config"]
 
@@ -200,6 +202,8 @@ def _plan(data: Any, path: str, part_keys: tuple[str, ...] = ()) -> _Plan:
         if p.default is inspect.Parameter.empty and name not in data and name not in _DEPRECATED:
             raise ConfigError(f"{path}.{name}", expected=f"a value: {cls.__name__} requires `{name}`")
 
+    if cls is WeightedSumLoss:
+        _check_weighting(data, path)
     tensor_names = _tensor_names(info, params)
     vector_names = info.vector_kwargs if info else ()
     callable_names = info.callable_kwargs if info else ()
@@ -253,6 +257,18 @@ def _plan(data: Any, path: str, part_keys: tuple[str, ...] = ()) -> _Plan:
         if isinstance(tasks, (list, tuple)) and len(tasks) != count:
             raise ConfigError(f"{path}.tasks", tasks, f"one entry per task ({count})")
     return plan
+
+
+def _check_weighting(data: Mapping[str, Any], path: str) -> None:
+    """``weighting:`` of a ``weighted_sum`` and the options that go with it (see ``_weighting``)."""
+    options = {key: data.get(key) for key in ("window", "temperature", "alpha", "shared_params", "init_log_var")}
+    problem = weighting_problem(data.get("weighting", "fixed"), options)
+    if problem is not None:
+        key, value, expected, hint = problem
+        suggestions = did_you_mean(value, WEIGHTINGS) if key == "weighting" and isinstance(value, str) else ()
+        if value is None:
+            raise ConfigError(f"{path}.{key}", expected=expected, hint=hint)
+        raise ConfigError(f"{path}.{key}", value, expected, suggestions=suggestions, hint=hint)
 
 
 def _plan_parts(plan: _Plan, raw: Any, params: dict[str, inspect.Parameter]) -> None:

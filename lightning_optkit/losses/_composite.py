@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ._weighting import GradNormWeighting, UncertaintyWeighting, build_weighting
 
 __all__ = ["UncertaintyWeightedLoss", "WeightedSumLoss"]
 
@@ -59,6 +62,38 @@ def _unique(labels: Sequence[str | None], modules: Sequence[nn.Module]) -> list[
     return out
 
 
+def _task_values(items: Any, labels: Sequence[str], parts: Sequence[nn.Module]) -> list[Tensor]:
+    """One scalar loss per task from a list / mapping label -> item / 1-d tensor of losses.
+
+    An item is a precomputed 0-d tensor or an ``(input, target, ...)`` tuple for that task's module.
+    """
+    count = len(labels)
+    if isinstance(items, Tensor):
+        if items.ndim != 1 or items.shape[0] != count:
+            raise ValueError(f"expected a 1-d tensor of {count} task losses, got shape {tuple(items.shape)}")
+        return list(items.unbind())
+    if isinstance(items, Mapping):
+        missing = [lab for lab in labels if lab not in items]
+        if missing:
+            raise ValueError(f"missing task(s) {missing}; the tasks are {list(labels)}")
+        items = [items[lab] for lab in labels]
+    items = list(items)
+    if len(items) != count:
+        raise ValueError(f"expected {count} task items ({', '.join(labels)}), got {len(items)}")
+    values = []
+    for i, item in enumerate(items):
+        if isinstance(item, Tensor):
+            value = item
+        elif len(parts) == 0:
+            raise ValueError(f"task {labels[i]!r}: no loss module configured, pass a precomputed loss tensor")
+        else:
+            value = parts[i](*item)
+        if value.ndim != 0:
+            raise ValueError(f"task {labels[i]!r}: expected a scalar loss, got shape {tuple(value.shape)}")
+        values.append(value)
+    return values
+
+
 class WeightedSumLoss(nn.Module):
     """``total = sum_i coef_i * loss_i(*args)``: several losses of the same ``(input, target)``.
 
@@ -76,10 +111,35 @@ class WeightedSumLoss(nn.Module):
 
     After each call ``last_parts`` maps label -> the part's (unweighted) value, detached.
 
+    **Adaptive weights** (``weighting:``, see :mod:`._weighting` for the formulas): ``fixed`` (the
+    default), ``inverse_std`` (``1 / (1 + std`` of the last ``window`` values), normalized),
+    ``dwa`` (dynamic weight average, ``temperature``), ``gradnorm`` (learned weights, ``alpha``,
+    gradients over ``shared_params``: globs over the owning model's parameter names) and
+    ``uncertainty`` (Kendall et al., ``init_log_var``; the ``uncertainty_weighted`` loss keeps its
+    own name). The total is ``sum_i coef_i * w_i * L_i``. All state is in buffers/parameters of the
+    ``weighting`` submodule, so checkpoints resume exactly; the weights are in ``last_weights`` and,
+    inside a Trainer, logged as ``loss_weight/<label>`` at the logger's cadence (tensors handed to
+    ``self.log``: no host sync). For tasks with their own inputs use :meth:`forward_tasks`::
+
+        loss:
+          name: weighted_sum
+          weighting: gradnorm
+          shared_params: "trunk.*"
+          alpha: 1.5
+          losses: [{name: mse, label: depth}, {name: cross_entropy, label: seg}]
+        # in training_step: self.loss_fn.forward_tasks([(depth_pred, depth), (seg_logits, seg)])
+
     Args:
         losses: the part modules, or a mapping label -> module.
         coefs: one mixing weight per part (default all 1.0).
         labels: one label per part (``None`` entries get a default from the class name).
+        weighting: ``fixed | inverse_std | dwa | gradnorm | uncertainty``.
+        window: steps of history (``inverse_std``) or per averaging period (``dwa``); default 20.
+        temperature: ``dwa``'s softmax temperature (default 2).
+        alpha: ``gradnorm``'s restoring-force exponent (default 1.5).
+        shared_params: ``gradnorm``'s shared parameters (glob or list of globs; required).
+        init_log_var: ``uncertainty``'s initial ``log sigma^2`` (default 0).
+        log_weights: log the weights through the bound LightningModule (see :meth:`bind`).
 
     Example:
         >>> import torch
@@ -94,6 +154,13 @@ class WeightedSumLoss(nn.Module):
         losses: Sequence[nn.Module] | Mapping[str, nn.Module],
         coefs: Sequence[float] | None = None,
         labels: Sequence[str | None] | None = None,
+        weighting: str = "fixed",
+        window: int | None = None,
+        temperature: float | None = None,
+        alpha: float | None = None,
+        shared_params: str | Sequence[str] | None = None,
+        init_log_var: float | None = None,
+        log_weights: bool = True,
     ) -> None:
         super().__init__()
         modules, raw_labels = _split_parts(losses, labels)
@@ -111,22 +178,91 @@ class WeightedSumLoss(nn.Module):
         self.coefs: list[float] = [float(c) for c in coefs]
         self.labels: list[str] = _unique(raw_labels, modules)
         self.last_parts: dict[str, Tensor] = {}
+        options = {"window": window, "temperature": temperature, "alpha": alpha,
+                   "shared_params": shared_params, "init_log_var": init_log_var}
+        self.weighting_name = weighting
+        self.weighting: nn.Module | None = build_weighting(weighting, len(modules), options)
+        if self.weighting is not None:  # on the device with the module: no host-to-device copy per step
+            self.register_buffer("coef_tensor", torch.tensor(self.coefs), persistent=False)
+        self.log_weights = bool(log_weights)
+        self.last_weights: dict[str, Tensor] = {}
+        self._owner: Any = None
+
+    def bind(self, owner: nn.Module) -> None:
+        """Tie the loss to the module that owns it (weakly): ``gradnorm`` resolves ``shared_params``
+        in its ``named_parameters()``, and adaptive weights are logged through its ``log`` when it is
+        a LightningModule in a running Trainer. :class:`~lightning_optkit.OptimMixin` calls this."""
+        self._owner = weakref.ref(owner)
+        bind = getattr(self.weighting, "bind", None)
+        if bind is not None:
+            bind(owner)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_owner"] = None  # a weak reference neither pickles nor should follow a copy
+        return state
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         """Call every part with the same arguments and return the weighted total."""
-        total: Tensor | None = None
-        last: dict[str, Tensor] = {}
-        for label, coef, part in zip(self.labels, self.coefs, self.parts):
-            value = part(*args, **kwargs)
-            last[label] = value.detach()
-            term = value if coef == 1.0 else coef * value
-            total = term if total is None else total + term
-        self.last_parts = last
-        assert total is not None
+        return self.combine([part(*args, **kwargs) for part in self.parts])
+
+    def forward_tasks(self, items: Sequence[Any] | Mapping[str, Any] | Tensor) -> Tensor:
+        """Weighted total of one item per part, for tasks with their own inputs (multi-task heads).
+
+        ``items`` is a list (part order) or a mapping label -> item; an item is a precomputed 0-d
+        loss tensor or an ``(input, target, ...)`` tuple for that part's module. A 1-d tensor of
+        precomputed losses works too.
+        """
+        return self.combine(_task_values(items, self.labels, list(self.parts)))
+
+    def combine(self, values: Sequence[Tensor] | Tensor) -> Tensor:
+        """Weight the per-part loss values (part order) by ``coef`` and the ``weighting`` rule."""
+        losses = values if isinstance(values, Tensor) else torch.stack([v.reshape(()) for v in values])
+        self.last_parts = dict(zip(self.labels, losses.detach().unbind()))
+        coefs = self.coefs
+        if self.weighting is None:
+            total: Tensor | None = None
+            for coef, value in zip(coefs, losses.unbind()):
+                term = value if coef == 1.0 else coef * value
+                total = term if total is None else total + term
+            assert total is not None
+            return total
+        weights, extra = self.weighting(losses)
+        scaled = weights if all(c == 1.0 for c in coefs) else weights * self.coef_tensor.to(weights.dtype)
+        total = (scaled * losses).sum()
+        if extra is not None:
+            total = total + extra
+        self.last_weights = dict(zip(self.labels, weights.detach().unbind()))
+        self._log(self.last_weights, losses)
         return total
 
+    def _log(self, weights: dict[str, Tensor], losses: Tensor) -> None:
+        """Hand the weights (tensors, no host sync) to Lightning's ``log`` in training steps."""
+        owner = self._owner() if self._owner is not None else None
+        trainer = getattr(owner, "_trainer", None)
+        if not (self.log_weights and self.training and losses.requires_grad and trainer is not None):
+            return
+        if not getattr(trainer, "loggers", None) or not getattr(trainer, "training", False) \
+                or getattr(owner, "_current_fx_name", None) != "training_step":
+            return
+        owner.log_dict({f"loss_weight/{k}": v for k, v in weights.items()},  # type: ignore[union-attr]
+                       on_step=True, on_epoch=False, prog_bar=False, logger=True)
+
+    @property
+    def weights(self) -> Tensor:
+        """The current weight of each part, ``coef`` excluded (ones for ``fixed``; detached)."""
+        if self.weighting is None:
+            return torch.ones(len(self.parts))
+        rule = self.weighting
+        if isinstance(rule, GradNormWeighting):
+            return rule.normalized()
+        if isinstance(rule, UncertaintyWeighting):
+            return torch.exp(-rule.log_vars.detach())
+        return rule.weights.detach().clone()  # type: ignore[union-attr]
+
     def extra_repr(self) -> str:
-        return ", ".join(f"{lab}*{c:g}" for lab, c in zip(self.labels, self.coefs))
+        parts = ", ".join(f"{lab}*{c:g}" for lab, c in zip(self.labels, self.coefs))
+        return parts if self.weighting is None else f"{parts}, weighting={self.weighting_name}"
 
 
 _TASK_SCALES = {None: (1.0, 1.0), "regression": (0.5, 0.5), "classification": (1.0, 0.5)}
@@ -244,38 +380,7 @@ class UncertaintyWeightedLoss(nn.Module):
         return (self.scale_loss * torch.exp(-self.log_vars)).detach()
 
     def _task_losses(self, items: Any) -> Tensor:
-        if isinstance(items, Tensor):
-            if items.ndim != 1 or items.shape[0] != self.num_tasks:
-                raise ValueError(
-                    f"expected a 1-d tensor of {self.num_tasks} task losses, got shape {tuple(items.shape)}"
-                )
-            return items.to(self.log_vars.dtype)
-        if isinstance(items, Mapping):
-            missing = [lab for lab in self.labels if lab not in items]
-            if missing:
-                raise ValueError(f"missing task(s) {missing}; the tasks are {self.labels}")
-            items = [items[lab] for lab in self.labels]
-        items = list(items)
-        if len(items) != self.num_tasks:
-            raise ValueError(
-                f"expected {self.num_tasks} task items ({', '.join(self.labels)}), got {len(items)}"
-            )
-        values = []
-        for i, item in enumerate(items):
-            if isinstance(item, Tensor):
-                value = item
-            elif len(self.parts) == 0:
-                raise ValueError(
-                    f"task {self.labels[i]!r}: no loss module configured, pass a precomputed loss tensor"
-                )
-            else:
-                value = self.parts[i](*item)
-            if value.ndim != 0:
-                raise ValueError(
-                    f"task {self.labels[i]!r}: expected a scalar loss, got shape {tuple(value.shape)}"
-                )
-            values.append(value.to(self.log_vars.dtype))
-        return torch.stack(values)
+        return torch.stack(_task_values(items, self.labels, list(self.parts))).to(self.log_vars.dtype)
 
     def forward(self, items: Sequence[Any] | Mapping[str, Any] | Tensor) -> Tensor:
         """Uncertainty-weighted total of one item per task (see the class docstring)."""
