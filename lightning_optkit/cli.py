@@ -21,18 +21,19 @@ Example:
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import io
 import shutil
 import sys
 import textwrap
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._cli_args import UsageError, import_class, json_object, positive_int
+from ._cli_args import UsageError, import_class, instantiate_objects, json_object, positive_int
 from ._io import atomic_write_bytes
 from .config import ConfigError, OptimBlock, OptimConfig, TrainingLength, load_config, parse_overrides
 
@@ -83,8 +84,27 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="more keyword arguments for the model, as a JSON object")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``optkit`` argument parser (one subparser per command)."""
+# Commands whose parser lives with their code: importing it imports the training stack (torch,
+# Lightning, Optuna), so :func:`main` builds it only when that command runs (or shows its help).
+_LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "lr-find": ("lightning_optkit.lr_finder._cli", "run an LR range test and print the suggested learning rate"),
+    "tune": ("lightning_optkit.tuning._cli", "tune the optim block with Optuna (search space, pruning, best config YAML)"),
+    "diagnose": ("lightning_optkit.diagnostics._cli",
+                 "diagnose a model: suspect labels, sharpness, landscape, capacity and convergence"),
+}
+
+
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The ``optkit`` argument parser (one subparser per command).
+
+    ``commands`` names the subcommands of :data:`_LAZY_COMMANDS` to build in full (default: all);
+    the others get a placeholder that only lists them in ``optkit --help``, so that ``--version``
+    and ``--help`` import no torch.
+
+    Example:
+        >>> build_parser(commands=()).parse_args(["schedule", "--steps", "10"]).steps
+        10
+    """
     parser = argparse.ArgumentParser(
         prog="optkit",
         description="Declarative optimizers, schedules and losses for PyTorch Lightning: "
@@ -109,12 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keyword arguments for the datamodule, as a JSON object")
     fit.add_argument("--max-epochs", type=positive_int, default=None, metavar="N",
                      help="epochs to train (default: the example's, 10 for your own model)")
-    fit.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
+    fit.add_argument("--seed", type=int, default=None, metavar="S",
+                     help="random seed (default: 0, or a LightningCLI config's seed_everything)")
     fit.add_argument("--log-dir", default="optkit_runs", metavar="DIR",
                      help="TensorBoard log folder (default: optkit_runs/)")
     fit.add_argument("--accelerator", default=None, metavar="NAME",
                      help="cpu, gpu, mps, auto... (default: cpu for --example, auto for your model)")
-    fit.add_argument("--devices", default="1", metavar="N", help="devices to use (default: 1)")
+    fit.add_argument("--devices", default=None, metavar="N",
+                     help="devices to use (default: 1, or a LightningCLI config's trainer.devices)")
+    fit.add_argument("--cli", metavar="pkg.mod:cli_main",
+                     help="with a LightningCLI CONFIG (as --print_config writes it): your project's LightningCLI, "
+                          "its cli_main function or LightningCLI subclass; its parser builds the run")
     fit.add_argument("--log-every-n-steps", type=positive_int, default=None, metavar="N",
                      help="how often step metrics (the LR) are logged (default: 1 for --example, else 50)")
     fit.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no model summary")
@@ -141,13 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--log-y", action="store_true", help="logarithmic LR axis")
     sched.set_defaults(func=_cmd_schedule)
 
-    from .lr_finder import _cli as lr_find
-
-    lr_find.add_parser(sub)
-    from .tuning import _cli as tune_cli
-
-    tune_cli.add_parser(sub)
+    for command, (module, text) in _LAZY_COMMANDS.items():
+        if commands is None or command in commands:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(command, help=text, add_help=False)
     return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def _wrap(text: str) -> str:
@@ -170,9 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         optkit 0.1.0
         0
     """
-    parser = build_parser()
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    parser = build_parser(commands=[c for c in (_command_of(argv),) if c is not None])
     try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version and argparse's own usage errors (status 2)
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     if getattr(args, "func", None) is None:
@@ -222,7 +252,7 @@ def _build_user_model(args: argparse.Namespace, optim: dict[str, Any]) -> Any:
     model_args = json_object(args.model_args, "--model-args")
     if "optim" in model_args:
         raise UsageError("--model-args: leave `optim` out; it comes from CONFIG and --set")
-    return _construct(model_cls, "--model-args", optim=optim, **model_args)
+    return _construct(model_cls, "--model-args", optim=optim, **instantiate_objects(model_args, "--model-args"))
 
 
 def _check_example_or_model(args: argparse.Namespace) -> None:
@@ -238,7 +268,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     _check_example_or_model(args)
     source = _config_source(args)
     overrides = parse_overrides(args.overrides)
+    if _lightningcli_file(source, args):
+        return _fit_lightningcli(args, str(source), overrides)
+    args.seed = 0 if args.seed is None else args.seed
+    args.devices = "1" if args.devices is None else args.devices
     if not args.example and not args.model:
+        from .tuning._refit import cmd_fit_run, read_run
+
+        if source is not None and read_run(source) is not None:  # a best_config.yaml of optkit tune: a whole run
+            return cmd_fit_run(source, args, overrides)
         raise UsageError("give --example digits, or CONFIG with --model pkg.mod.Class --data pkg.mod.DataModule")
 
     import lightning as L
@@ -272,7 +310,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         optim = load_config(source, overrides).to_dict()
         model = _build_user_model(args, optim)
         data_cls = import_class(args.data, "--data", L.LightningDataModule)
-        data = _construct(data_cls, "--data-args", **json_object(args.data_args, "--data-args"))
+        data = _construct(data_cls, "--data-args",
+                          **instantiate_objects(json_object(args.data_args, "--data-args"), "--data-args"))
         name, max_epochs = type(model).__name__, args.max_epochs or 10
         accelerator = args.accelerator or "auto"
         log_every = args.log_every_n_steps or 50
@@ -290,6 +329,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         enable_model_summary=not args.quiet,
     )
     trainer.fit(model, datamodule=data)
+    return _report_fit(trainer, logger, args.log_dir)
+
+
+def _report_fit(trainer: Any, logger: Any, log_dir: str) -> int:
+    """Print the final validation metrics, the checkpoint and where the logs are; the exit status."""
     if trainer.interrupted:
         print("training interrupted", file=sys.stderr)
         return 130
@@ -305,8 +349,61 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if ckpt:
         print(f"checkpoint: {ckpt}")
     print(f"logs: {logger.log_dir}")
-    print(f"view them with: tensorboard --logdir {args.log_dir}")
+    print(f"view them with: tensorboard --logdir {log_dir}")
     return 0
+
+
+def _lightningcli_file(source: str | None, args: argparse.Namespace) -> bool:
+    """Whether CONFIG is a LightningCLI config (``model:`` section) rather than an optim block."""
+    from ._lightningcli import is_lightningcli_config
+    from .config import read_yaml
+
+    if source is None or args.example or not Path(source).is_file():
+        if getattr(args, "cli", None):
+            raise UsageError("--cli needs CONFIG: the LightningCLI config your script prints with --print_config")
+        return False
+    if is_lightningcli_config(read_yaml(source)):
+        return True
+    if getattr(args, "cli", None):
+        raise UsageError(f"--cli goes with a LightningCLI config; {source} is an optim block")
+    return False
+
+
+def _fit_lightningcli(args: argparse.Namespace, source: str, overrides: dict[str, Any]) -> int:
+    """``optkit fit CONFIG`` for a LightningCLI config: the run the project's CLI would build, our logger."""
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from ._lightningcli import LightningCLIConfig
+
+    for flag, value in (("--model-args", args.model_args), ("--data-args", args.data_args)):
+        if value:
+            raise UsageError(f"{flag}: put the arguments in the model:/data: sections of {source}")
+    if args.cli and (args.model or args.data):
+        raise UsageError("give --cli or --model/--data, not both: the CLI knows its classes")
+    cfg = LightningCLIConfig(source, cli=args.cli, model=args.model, data=args.data)
+    optim = load_config(cfg.base_optim(), overrides).to_dict()
+    seed = args.seed if args.seed is not None else cfg.seed()
+    if seed is not None:
+        L.seed_everything(seed, workers=True, verbose=False)
+    run = cfg.instantiate(optim)
+    kwargs = dict(run.trainer_kwargs)
+    for key, value in (("max_epochs", args.max_epochs), ("accelerator", args.accelerator),
+                       ("devices", _devices(args.devices) if args.devices else None),
+                       ("log_every_n_steps", args.log_every_n_steps)):
+        if value is not None:
+            kwargs[key] = value
+    if kwargs.get("max_epochs") is None and kwargs.get("max_steps") in (None, -1):
+        kwargs["max_epochs"] = 10
+    if args.quiet:
+        kwargs.update(enable_progress_bar=False, enable_model_summary=False)
+    if (cfg.raw.get("trainer") or {}).get("logger") not in (None, False):
+        print(f"note: trainer.logger of {source} is replaced by TensorBoard under {args.log_dir}")
+    logger = TensorBoardLogger(save_dir=args.log_dir, name=cfg.name, default_hp_metric=False)
+    trainer = L.Trainer(**kwargs, logger=logger, callbacks=[*run.callbacks, LearningRateMonitor(logging_interval="step")])
+    trainer.fit(run.model, datamodule=run.data, ckpt_path=run.ckpt_path)
+    return _report_fit(trainer, logger, args.log_dir)
 
 
 def _devices(text: str) -> int | str:

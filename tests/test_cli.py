@@ -138,3 +138,54 @@ def test_help(capsys):
         text = capsys.readouterr().out
         assert "--example" in text and "--set" in text and "examples:" in text
     assert main([]) == 2
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["fit", "--help"], ["schedule", "--help"]])
+def test_version_and_help_import_no_training_stack(argv):
+    """``optkit --version``/``--help`` start fast: no torch, Lightning or Optuna in a fresh process."""
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\n"
+            "import lightning_optkit.cli as cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            f"    rc = cli.main({argv!r})\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'optuna'))\n"
+            "print(rc, len(out.getvalue()) > 0, heavy)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0 True []", done.stdout
+
+
+def test_help_lists_every_command_and_the_lazy_ones_still_parse(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for command in ("fit", "schedule", "lr-find", "tune"):
+        assert command in text
+    assert main(["tune", "--help"]) == 0 and "--search" in capsys.readouterr().out
+    assert main(["lr-find", "--help"]) == 0 and "--num-steps" in capsys.readouterr().out
+    assert main(["tune", "--sampler", "tpee", "--example", "digits"]) == 2
+    assert "Did you mean 'tpe'" in capsys.readouterr().err
+
+
+BACKBONE = '{"hidden": 6, "backbone": {"class_path": "torch.nn.Sequential", "init_args": {"args": []}}}'
+LINEAR = ('{"hidden": 6, "backbone": {"class_path": "torch.nn.Linear", '
+          '"init_args": {"in_features": 4, "out_features": 6}}}')
+
+
+def test_model_args_build_class_path_objects(tmp_path, capsys):
+    """A module taking an nn.Module argument (Hydra style): --model-args gives it as class_path/init_args."""
+    import lightningcli_project as project
+
+    project.RUNS.clear()
+    rc = main(["fit", str(CONFIGS / "digits.yaml"), "--model", "lightningcli_project.Backboned", "--data",
+               "lightningcli_project.Data", "--model-args", LINEAR, "--data-args", '{"batch_size": 16}',
+               "--max-epochs", "1", "--accelerator", "cpu", "--log-dir", str(tmp_path), "-q"])
+    assert rc == 0, capsys.readouterr().err
+    run = project.RUNS[-1]
+    assert run["backbone"] == "Linear" and run["backbone_params"] == 4 * 6 + 6 and run["backbone_moved"]
+    rc = main(["fit", str(CONFIGS / "digits.yaml"), "--model", "lightningcli_project.Backboned", "--data",
+               "lightningcli_project.Data", "--model-args", LINEAR.replace("torch.nn.Linear", "torch.nn.Lineer"),
+               "--log-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --model-args.backbone.class_path: got 'torch.nn.Lineer'"), err

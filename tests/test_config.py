@@ -323,3 +323,14 @@ def test_loaded_config_builds(yaml_path, tiny_net, length20):
     optimizers, schedulers = build_optimizers(tiny_net, load_config(yaml_path), length=length20)
     assert len(optimizers) == 1
     assert schedulers[0]["interval"] == "step"
+
+
+@pytest.mark.parametrize("params", [[], "", ["  "]])
+def test_an_empty_params_list_of_an_optimizer_block_is_a_config_error(params):
+    # Found by the mutation test: `optimizers.0.params: []` used to pass validation and then crash
+    # with an IndexError while the parameter groups were built.
+    cfg = {"optimizers": [{"params": params, "optimizer": {"name": "adam", "lr": 2e-4}},
+                          {"params": "head.*", "optimizer": {"name": "sgd", "lr": 0.01}}]}
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert err.value.path == "optimizers.0.params"

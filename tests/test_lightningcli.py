@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import lightning as L
+import lightningcli_project as project  # tests/ is on sys.path, as for training_helpers
 import pytest
 import torch
 import yaml
@@ -14,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optkit import ConfigError, OptimMixin, load_config
+from lightning_optkit.cli import main as optkit
 
 pytest.importorskip("jsonargparse")
 
@@ -147,3 +151,119 @@ def test_lightningcli_bad_optim_block_is_a_config_error(tmp_path):
         cli.trainer.fit(cli.model, cli.datamodule)
     assert info.value.path == "scheduler.name"
     assert "warmup_cosine" in info.value.suggestions
+
+
+# -- optkit tune/fit/lr-find on the config a LightningCLI prints ---------------------------------------------
+
+PROJECT_CLI = "lightningcli_project:cli_main"
+
+
+def _printed_config(tmp_path, capsys, **extra) -> str:
+    """What `python train.py fit --config base.yaml --print_config` prints for the project's fixed-class CLI."""
+    base = {"model": {"optim": {"optimizer": {"name": "adamw", "lr": 1e-2},
+                                "scheduler": {"name": "warmup_cosine", "warmup": 2}}},
+            "trainer": {"max_epochs": 2, "accelerator": "cpu", "devices": 1, "log_every_n_steps": 1,
+                        "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                   "init_args": {"save_dir": str(tmp_path / "csv")}},
+                        "callbacks": [{"class_path": "lightningcli_project.EpochCounter"},
+                                      {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                       "init_args": {"monitor": "val_loss", "filename": "best-{epoch}"}}]},
+            **extra}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        project.cli_main(["fit", "--config", str(tmp_path / "base.yaml"), "--print_config"])
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(capsys.readouterr().out)
+    assert "class_path: lightningcli_project.Backboned" not in printed.read_text()  # the fixed-class form
+    assert "finetuning:" in printed.read_text()
+    return str(printed)
+
+
+def test_tune_a_printed_fixed_class_config_through_the_projects_cli(tmp_path, capsys):
+    import optuna
+
+    printed = _printed_config(tmp_path, capsys)
+    project.RUNS.clear()
+    rc = optkit(["tune", printed, "--cli", PROJECT_CLI, "--search", "adamw", "--trials", "2", "--out",
+                 str(tmp_path / "out"), "--no-plots", "--no-tensorboard", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert len(project.RUNS) == 2
+    for run in project.RUNS:  # BackboneFinetuning (the `finetuning:` section) froze the backbone in every trial
+        assert run["backbone_frozen"] and not run["backbone_moved"] and run["head_moved"], run
+        assert {"BackboneFinetuning", "EpochCounter", "ModelCheckpoint"} <= set(run["callbacks"])
+    assert list((tmp_path / "out" / "Backboned").rglob("best-epoch=1.ckpt"))  # the file's ModelCheckpoint saved
+    study = optuna.load_study(study_name="Backboned", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}")
+    best = tmp_path / "out" / "Backboned" / "best_lightningcli.yaml"
+    written = yaml.safe_load(best.read_text())
+    assert "init_args" not in written["model"] and written["finetuning"]["unfreeze_backbone_at_epoch"] == 10
+    assert written["model"]["optim"] == study.best_trial.user_attrs["optkit.config"]
+
+    # the project's own CLI trains the best config unchanged (its own parser, its fit subcommand)
+    project.RUNS.clear()
+    project.cli_main(["fit", "--config", str(best), "--trainer.default_root_dir", str(tmp_path / "refit")])
+    assert len(project.RUNS) == 1 and project.RUNS[0]["backbone_frozen"]
+    assert project.RUNS[0]["optim"] == written["model"]["optim"]
+
+
+def test_a_section_only_the_projects_cli_knows_is_an_error_without_it(tmp_path, capsys):
+    printed = _printed_config(tmp_path, capsys)
+    rc = optkit(["tune", printed, "--model", "lightningcli_project.Backboned", "--data", "lightningcli_project.Data",
+                 "--search", "adamw", "--trials", "1", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: finetuning:") and "--cli" in err, err
+    rc = optkit(["tune", printed, "--search", "adamw", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "model.class_path" in err and "--cli" in err, err
+    assert not (tmp_path / "out" / "Backboned").exists()
+
+
+def test_ckpt_path_cannot_be_tuned_and_is_named(tmp_path, capsys):
+    printed = yaml.safe_load(Path(_printed_config(tmp_path, capsys)).read_text())
+    printed["ckpt_path"] = str(tmp_path / "some.ckpt")
+    path = tmp_path / "with_ckpt.yaml"
+    path.write_text(yaml.safe_dump(printed))
+    rc = optkit(["tune", str(path), "--cli", PROJECT_CLI, "--search", "adamw", "--out", str(tmp_path / "out")])
+    assert rc == 2 and "error: ckpt_path:" in capsys.readouterr().err
+
+
+def test_fit_and_lr_find_take_the_printed_config_too(tmp_path, capsys):
+    printed = _printed_config(tmp_path, capsys)
+    project.RUNS.clear()
+    rc = optkit(["fit", printed, "--cli", PROJECT_CLI, "--max-epochs", "1", "--log-dir", str(tmp_path / "tb"), "-q",
+                 "--set", "optimizer.lr=0.05"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "val_loss:" in out.out and "trainer.logger" in out.out  # the YAML's CSVLogger gives way, and says so
+    run = project.RUNS[-1]
+    assert run["backbone_frozen"] and not run["backbone_moved"] and run["optim"]["optimizer"]["lr"] == 0.05
+    assert {"BackboneFinetuning", "EpochCounter"} <= set(run["callbacks"])
+    project.TRAINABLE.clear()
+    rc = optkit(["lr-find", printed, "--cli", PROJECT_CLI, "--num-steps", "12", "--out", str(tmp_path / "lr.png"),
+                 "--log-dir", ""])
+    out = capsys.readouterr()
+    assert rc in (0, 1) and "Traceback" not in out.err, out.err  # 1: no suggestion on 12 steps is a valid answer
+    assert "ModelCheckpoint" in out.out and "left out" in out.out  # said, not silently dropped
+    assert project.TRAINABLE == [8 * 3 + 3], "the finetuning section froze the backbone for the range test too"
+    assert (tmp_path / "lr.png").is_file()
+
+
+def test_the_cli_as_a_lightningcli_subclass_and_fit_resumes_from_ckpt_path(tmp_path, capsys):
+    printed = _printed_config(tmp_path, capsys)
+    project.RUNS.clear()
+    rc = optkit(["fit", printed, "--cli", "lightningcli_project.FixedProjectCLI", "--max-epochs", "1",
+                 "--log-dir", str(tmp_path / "tb"), "-q"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    ckpt = re.search(r"^checkpoint: (.+)$", out.out, re.M).group(1)
+    assert project.RUNS[-1]["backbone_frozen"]
+    data = yaml.safe_load(Path(printed).read_text())
+    data["ckpt_path"] = ckpt  # optkit fit honours ckpt_path: the run resumes after epoch 1 and trains epoch 2
+    (tmp_path / "resume.yaml").write_text(yaml.safe_dump(data))
+    rc = optkit(["fit", str(tmp_path / "resume.yaml"), "--cli", PROJECT_CLI, "--max-epochs", "2",
+                 "--log-dir", str(tmp_path / "tb"), "-q"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert re.search(r"^checkpoint: .*best-epoch=1\.ckpt$", out.out, re.M), out.out
+    assert project.RUNS[-1]["steps"] == (6, 12), project.RUNS[-1]  # 48 samples / 8 = 6 steps per epoch

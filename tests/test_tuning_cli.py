@@ -14,6 +14,7 @@ import yaml
 from lightning_optkit.tuning._cli import add_parser, main, run, tune_kwargs
 
 SCRIPTS = Path(__file__).resolve().parent / "ddp_scripts"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 sys.path.insert(0, str(SCRIPTS))
 
 
@@ -36,7 +37,7 @@ def test_tune_the_example_prints_the_best_config_and_its_accuracy(tmp_path, caps
     assert out.err.count("[optkit tune] trial ") == 3  # one progress line per trial (not a terminal)
     study = optuna.load_study(study_name="digits", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert len(study.trials) == 3 and study.user_attrs["optkit.monitor"] == ["val_acc"]
-    assert yaml.safe_load((tmp_path / "digits" / "best_config.yaml").read_text())["optimizer"]["name"] in ("adamw", "sgd")
+    assert yaml.safe_load((tmp_path / "digits" / "best_config.yaml").read_text())["optim"]["optimizer"]["name"] in ("adamw", "sgd")
 
 
 @pytest.mark.parametrize(
@@ -103,3 +104,33 @@ def test_help_and_python_dash_m(capsys, monkeypatch):
     with pytest.raises(SystemExit) as info:
         runpy.run_module("lightning_optkit.tuning", run_name="__main__")
     assert info.value.code == 0
+
+
+@pytest.mark.parametrize("storage", ["study.db", "journal/study.log"])
+def test_a_storage_file_inside_a_new_out_folder(tmp_path, capsys, storage):
+    """``--out X --storage X/study.db`` on a fresh run: the folder is made before the storage is opened."""
+    out = tmp_path / "new" / "run"
+    rc = _optkit(["--factory", "tuning_models:build", "--config", str(CONFIGS / "digits.yaml"), "--search", "adamw",
+                  "--trials", "1", "--trainer", "max_steps=2", "--val-check-interval", "2", "--out", str(out), "--storage", str(out / storage),
+                  "--no-plots", "--no-tensorboard", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    assert (out / storage).is_file()
+    # a storage folder outside the output folder is still never created on the user's behalf
+    rc = _optkit(["--factory", "tuning_models:build", "--config", str(CONFIGS / "digits.yaml"), "--search", "adamw",
+                  "--trials", "1", "--trainer", "max_steps=2", "--val-check-interval", "2", "--out", str(out),
+                  "--storage", str(tmp_path / "elsewhere" / "study.db"), "--no-plots", "--no-tensorboard", "-q"])
+    assert rc == 2 and "error: storage:" in capsys.readouterr().err
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_model_args_class_path_objects_are_built_fresh_for_every_trial(tmp_path, capsys):
+    import lightningcli_project as project
+
+    project.RUNS.clear()
+    args = '{"hidden": 6, "backbone": {"class_path": "torch.nn.Linear", "init_args": {"in_features": 4, "out_features": 6}}}'
+    rc = _optkit([str(CONFIGS / "digits.yaml"), "--model", "lightningcli_project.Backboned", "--data",
+                  "lightningcli_project.Data", "--model-args", args, "--search", "adamw", "--trials", "2",
+                  "--max-epochs", "1", "--out", str(tmp_path), "--no-plots", "--no-tensorboard", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    assert [r["backbone"] for r in project.RUNS] == ["Linear", "Linear"]
+    assert all(r["backbone_moved"] and r["trainable_in_optimizer"] == 4 * 6 + 6 + 6 * 3 + 3 for r in project.RUNS)

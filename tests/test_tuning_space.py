@@ -284,3 +284,132 @@ def test_storage_errors_and_redaction(tmp_path):
     assert redact_url("postgresql://me:hunter2@db/optuna") == "postgresql://me:***@db/optuna"
     store, shown = resolve_storage(None, tmp_path)
     assert shown == f"sqlite:///{(tmp_path / 'optuna.db').as_posix()}"
+
+
+# -- model./data./trainer. keys (issue 14): paths, comparisons, per-element lists, LR scaling ---------------
+
+LAYERS = {
+    "model.n_layers": {"low": 1, "high": 3},
+    "model.units.0": {"choices": [8, 16]},
+    "model.units.1": {"low": 4, "high": 12, "when": {"model.n_layers": {">=": 2}}},
+    "model.units.2": {"low": 4, "high": 12, "when": {"model.n_layers": {">=": 3}}},
+    "optimizer.lr": {"low": 1e-4, "high": 1e-1, "log": True},
+}
+
+
+def test_per_layer_keys_sample_only_when_their_comparison_holds():
+    from lightning_optkit.tuning._space import split_overrides
+
+    space = SearchSpace.from_dict(LAYERS)
+    space.validate(BASE)
+    assert SearchSpace.from_dict(space.to_dict()) == space
+    assert space.to_dict()["model.units.1"]["when"] == {"model.n_layers": {">=": 2}}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    depths = set()
+    for _ in range(25):
+        trial = study.ask()
+        overrides = space.sample(trial, BASE)
+        n = overrides["model.n_layers"]
+        depths.add(n)
+        assert sorted(k for k in trial.params if k.startswith("model.units.")) == [f"model.units.{i}" for i in range(n)]
+        optim, targets = split_overrides(overrides)
+        assert list(optim) == ["optimizer.lr"] and len(targets["model"]["units"]) == n
+        study.tell(trial, 0.0)
+    assert depths == {1, 2, 3}
+
+
+def test_lightningcli_spelling_is_the_same_key():
+    space = SearchSpace.from_dict({"model.init_args.n_layers": {"low": 1, "high": 2},
+                                   "data.init_args.batch_size": {"choices": [8, 16]},
+                                   "model.units.1": {"value": 8, "when": {"model.init_args.n_layers": 2}}})
+    assert list(space) == ["model.n_layers", "data.batch_size", "model.units.1"]
+    assert space.params["model.units.1"].when == (("model.n_layers", (2,)),)
+    with pytest.raises(ConfigError, match="one spec per key") as info:
+        SearchSpace.from_dict({"model.n_layers": {"value": 1}, "model.init_args.n_layers": {"value": 2}})
+    assert info.value.path == "search.model.n_layers"
+
+
+@pytest.mark.parametrize(("when", "path", "pattern"), [
+    ({"model.n_layers": {"=>": 2}}, "search.model.units.1.when.model.n_layers.=>", r"Did you mean '>='"),
+    ({"model.n_layers": {">=": "two"}}, "search.model.units.1.when.model.n_layers.>=", "a finite number"),
+    ({"model.n_layers": {}}, "search.model.units.1.when.model.n_layers", "comparisons such as"),
+    ({"model.n_layers": {">": 3}}, "search.model.units.1.when.model.n_layers", "some value of model.n_layers"),
+    ({"model.n_layers": 7}, "search.model.units.1.when.model.n_layers", r"a comparison such as \{'>=': 2\}"),
+    ({"optimizer.lr": 0.01}, "search.model.units.1.when.optimizer.lr", r"optimizer\.lr is a float range"),
+])
+def test_bad_comparisons(when, path, pattern):
+    spec = {"model.n_layers": {"low": 1, "high": 3}, "optimizer.lr": {"low": 1e-3, "high": 1e-1},
+            "model.units.1": {"choices": [8], "when": when}}
+    with pytest.raises(ConfigError, match=pattern) as info:
+        SearchSpace.from_dict(spec)
+    assert info.value.path == path
+
+
+def test_variants_may_exclude_each_other_by_comparison():
+    ok = {"model.n_layers": {"low": 1, "high": 4},
+          "model.dropout@shallow": {"low": 0.0, "high": 0.2, "when": {"model.n_layers": {"<": 3}}},
+          "model.dropout@deep": {"low": 0.2, "high": 0.5, "when": {"model.n_layers": {">=": 3}}}}
+    space = SearchSpace.from_dict(ok)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(12):
+        trial = study.ask()
+        overrides = space.sample(trial, BASE)
+        assert (overrides["model.dropout"] >= 0.2) == (overrides["model.n_layers"] >= 3)
+        study.tell(trial, 0.0)
+    overlapping = {**ok, "model.dropout@deep": {"low": 0.2, "high": 0.5, "when": {"model.n_layers": {">=": 2}}}}
+    with pytest.raises(ConfigError, match=r"excludes model\.dropout@shallow"):
+        SearchSpace.from_dict(overlapping)
+
+
+def test_element_keys_must_be_contiguous_and_sections_need_an_argument():
+    from lightning_optkit.tuning._space import split_overrides
+
+    with pytest.raises(ConfigError, match=r"every element of model\.units below 2") as info:
+        split_overrides({"model.units.0": 1, "model.units.2": 3})
+    assert info.value.path == "search.model.units.1"
+    for bad in ("model", "trainer.0"):
+        with pytest.raises(ConfigError, match=r"<argument>") as info:
+            SearchSpace.from_dict({bad: {"low": 1, "high": 2}})
+        assert info.value.path == f"search.{bad}"
+
+
+def test_lr_scaling_rules_and_their_errors():
+    space = SearchSpace.from_dict({"data.batch_size": {"choices": [16, 64, 256], "lr_scaling": "sqrt", "lr_base": 64},
+                                   "trainer.accumulate_grad_batches": {"choices": [1, 4], "lr_scaling": "linear",
+                                                                       "lr_base": 1}})
+    assert SearchSpace.from_dict(space.to_dict()) == space
+    base = {"optimizer": {"name": "sgd", "lr": 0.1}}
+    scaled = space.scale_lr({}, {"data.batch_size": 256, "trainer.accumulate_grad_batches": 4}, base)
+    assert scaled == {"optimizer.lr": pytest.approx(0.1 * 2 * 4)}
+    two_blocks = {"optimizers": [{"params": "a*", "optimizer": {"name": "sgd", "lr": 0.1}},
+                                 {"params": "b*", "optimizer": {"name": "adamw", "lr": 1e-3}}]}
+    assert space.scale_lr({"optimizers.1.optimizer.lr": 2e-3}, {"data.batch_size": 16}, two_blocks) == {
+        "optimizers.0.optimizer.lr": pytest.approx(0.05), "optimizers.1.optimizer.lr": pytest.approx(1e-3)}
+    cases = [({"data.batch_size": {"choices": [16], "lr_scaling": "sqr"}}, "search.data.batch_size.lr_scaling",
+              r"Did you mean 'sqrt'"),
+             ({"optimizer.lr": {"low": 1e-3, "high": 1e-2, "lr_scaling": "sqrt"}}, "search.optimizer.lr.lr_scaling",
+              "not on a key of the optim block"),
+             ({"data.batch_size": {"choices": [0, 16], "lr_scaling": "sqrt"}}, "search.data.batch_size.lr_scaling",
+              "positive numbers"),
+             ({"data.batch_size": {"choices": [16], "lr_scaling": "sqrt", "lr_base": -1}},
+              "search.data.batch_size.lr_base", "a positive number")]
+    for spec, path, pattern in cases:
+        with pytest.raises(ConfigError, match=pattern) as info:
+            SearchSpace.from_dict(spec)
+        assert info.value.path == path
+
+
+def test_training_and_regularization_presets_against_the_digits_example():
+    from lightning_optkit.tuning._sources import ExampleSource
+    from lightning_optkit.tuning._targets import validate_targets
+
+    space, base = load_search("digits+training")
+    assert {"optimizer.name", "data.batch_size", "trainer.gradient_clip_val"} <= set(space)
+    assert load_config(base) == load_config(search_preset("digits")["optim"])
+    checked = validate_targets(space, ExampleSource("digits"), {"max_epochs": 1})
+    assert checked.params["data.batch_size"].lr_base == 64  # DigitsDataModule's default batch size
+    assert checked.params["trainer.accumulate_grad_batches"].lr_base == 1  # the Trainer's default
+    validate_targets(load_search("regularization")[0], ExampleSource("digits"), {"max_epochs": 1})
+    with pytest.raises(ConfigError, match=r"Did you mean 'model\.dropout'") as info:
+        validate_targets(SearchSpace.from_dict({"model.drop_out": {"low": 0.0, "high": 0.5}}), ExampleSource("digits"), {})
+    assert info.value.path == "search.model.drop_out"

@@ -337,8 +337,10 @@ class Checkpoint(_LightningCheckpoint):
             self._store = CheckpointStore(dirpath, fsync=self.fsync, last_name=self.LAST_NAME + _EXT)
             self._writer = AsyncWriter(self._store) if self.async_save else None
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Lightning sets trainer.ckpt_path after setup(), when it restores the checkpoint: decide here.
+    def _warn_earlier_run(self, trainer: pl.Trainer) -> None:
+        # Lightning sets trainer.ckpt_path when it restores the checkpoint: after setup(), and for strategies
+        # that restore after their own setup (FSDP, DeepSpeed, ModelParallel) only after on_fit_start. By
+        # on_train_start every strategy has restored, so the decision is taken there.
         if not trainer.is_global_zero or self._store is None or not self._store.entries or trainer.ckpt_path:
             return
         rank_zero_warn(
@@ -350,6 +352,7 @@ class Checkpoint(_LightningCheckpoint):
             "to fit; to keep both runs apart, give this one its own dirpath")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._warn_earlier_run(trainer)
         self._last_time = time.monotonic()
         self._epoch_start_seen = False
         if self._pending is None and trainer.ckpt_path:

@@ -174,6 +174,11 @@ class OptimBlock(BaseModel):
     layer_decay: Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=1, allow_inf_nan=False)] | None = None
     scheduler: SchedulerConfig | None = None
 
+    @field_validator("params")
+    @classmethod
+    def _params_non_empty(cls, v: Globs) -> Globs:
+        return ParamGroupRule._non_empty(v)
+
     @field_validator("no_weight_decay", mode="before")
     @classmethod
     def _nwd(cls, v: Any) -> Any:
@@ -252,6 +257,19 @@ class OptimConfig(BaseModel):
 # Validation entry point: pydantic errors become ConfigError with the key path.
 
 _VALIDATORS: list[Callable[[OptimConfig], None]] = []
+# The packages whose registries register their checks on import. ``lightning_optkit`` imports its
+# public names lazily, so a config loaded before any of them was imported imports them here (by
+# name: this layer stays free of torch at import time).
+_REGISTRY_MODULES = ("lightning_optkit.optim", "lightning_optkit.schedules", "lightning_optkit.losses")
+
+
+def _import_registries() -> None:
+    import importlib
+    import sys
+
+    for name in _REGISTRY_MODULES:
+        if name not in sys.modules:
+            importlib.import_module(name)
 
 
 def register_validator(fn: Callable[[OptimConfig], None]) -> Callable[[OptimConfig], None]:
@@ -356,6 +374,7 @@ def validate(data: Any) -> OptimConfig:
         raise
     except (TypeError, ValueError) as exc:  # a validator raised something unexpected
         raise ConfigError("", format_value(data), str(exc)) from None
+    _import_registries()
     for check in _VALIDATORS:
         check(cfg)
     return cfg

@@ -42,6 +42,7 @@ examples:
   optkit tune configs/adamw_warmup_cosine.yaml --model mypkg.models.Net --data mypkg.data.DataModule \\
       --search adamw --monitor val_acc --max-epochs 20 --trials 40
   optkit tune lightningcli_config.yaml --search configs/search_optimizers.yaml --monitor val_acc
+  optkit tune printed.yaml --cli mypkg.train:cli_main --search adamw    # python train.py fit --print_config > printed.yaml
   optkit tune --factory mypkg.tuning:build --config base.yaml --search search.yaml --max-epochs 10
   optkit tune --example digits --study digits --resume --trials 60   # continue a study to 60 trials
   optkit tune ... --devices 2 --strategy ddp                          # each trial on 2 processes (rank 0 owns it)
@@ -63,12 +64,16 @@ tensorboard/ (tensorboard --logdir ...); the study itself to OUT/optuna.db (optu
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("model and data (one of)")
     src.add_argument("config", nargs="?", metavar="CONFIG",
-                     help="the base optim block (YAML); or, alone, a LightningCLI config (model/data as "
-                          "class_path/init_args, the base under model.init_args.optim)")
+                     help="the base optim block (YAML); or a LightningCLI config as --print_config writes it "
+                          "(the base is the model's optim argument), alone, with --cli, or with --model/--data for a "
+                          "fixed-class LightningCLI(Model, Data)")
     src.add_argument("--config", dest="config_opt", metavar="PATH", help="the same as the positional CONFIG")
     src.add_argument("--example", metavar="NAME", help="a built-in example: digits")
     src.add_argument("--factory", metavar="pkg.mod:build",
                      help="a function build(optim: dict) -> (LightningModule, LightningDataModule)")
+    src.add_argument("--cli", metavar="pkg.mod:cli_main",
+                     help="with a LightningCLI CONFIG: your project's LightningCLI (its cli_main function or its "
+                          "LightningCLI subclass); its parser builds every trial, with every section it adds")
     src.add_argument("--model", metavar="pkg.mod.Class", help="your LightningModule class (it must accept optim=)")
     src.add_argument("--data", metavar="pkg.mod.DataModule", help="your LightningDataModule class (with --model)")
     src.add_argument("--model-args", metavar="JSON", help="more keyword arguments for the model, as a JSON object")
@@ -86,13 +91,21 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--direction", metavar="DIR",
                    help="minimize or maximize (default: from the metric's name); comma-separated with several metrics")
     s.add_argument("--trials", type=positive_int, metavar="N",
-                   help="finished trials the study should have (default: 20; --example digits: 30); a resumed "
-                        "study runs only the missing ones")
-    s.add_argument("--timeout", type=positive_float, metavar="SECONDS", help="stop starting trials after this long")
+                   help="finished trials the study should have, counted over every process and machine that shares "
+                        "it (default: 20; --example digits: 30); a resumed study runs only the missing ones")
+    s.add_argument("--timeout", type=positive_float, metavar="SECONDS",
+                   help="this process stops starting trials after this long")
+    s.add_argument("--study-timeout", type=positive_float, metavar="SECONDS",
+                   help="the study stops starting trials this long after it was created, on every machine")
     s.add_argument("--sampler", default="tpe", metavar="NAME", help="one of " + ", ".join(SAMPLERS) + " (default: tpe)")
     s.add_argument("--pruner", default="hyperband", metavar="NAME",
                    help="one of " + ", ".join(PRUNERS) + " (default: hyperband)")
     s.add_argument("--no-base", action="store_true", help="do not run the base config as the first trial")
+    s.add_argument("--reeval", type=_count, default=3, metavar="K",
+                   help="after the search, train the top K configs again with new seeds and choose the best by the "
+                        "mean over all its runs; best_config.yaml and the summary report mean ± sd (default 3; 0: off)")
+    s.add_argument("--reeval-seeds", type=_count, default=2, metavar="R",
+                   help="new seeds per re-evaluated config, derived from --seed (default 2; 0: off)")
     s.add_argument("--recipe", choices=("staged",), default=None,
                    help="staged: an LR range test per candidate optimizer narrows its optimizer.lr (suggestion /4 .. "
                         "x4), then TPE + Hyperband tune everything in one study, each optimizer in its own LR range")
@@ -191,6 +204,17 @@ def _number(text: str) -> int | float:
 
 
 
+def _count(text: str) -> int:
+    """An integer >= 0 (``--reeval 0`` turns re-evaluation off)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _split(text: str | None) -> str | list[str] | None:
     if text is None:
         return None
@@ -198,13 +222,36 @@ def _split(text: str | None) -> str | list[str] | None:
     return parts[0] if len(parts) == 1 else parts
 
 
+def _lightningcli_source(args: argparse.Namespace, config: str | None) -> Any:
+    """A LightningCLISource when CONFIG is a LightningCLI config (with --cli, --model/--data or class_path)."""
+    from ._sources import LightningCLISource, is_lightningcli_yaml
+
+    if config is None or not is_lightningcli_yaml(read_yaml(config)):
+        if args.cli:
+            raise UsageError("--cli needs CONFIG: the LightningCLI config your script prints with --print_config")
+        return None
+    for flag, value in (("--example", args.example), ("--factory", args.factory)):
+        if value:
+            raise UsageError(f"{flag} goes with an optim block, not with the LightningCLI config {config}")
+    for flag, value in (("--model-args", args.model_args), ("--data-args", args.data_args)):
+        if value:
+            raise UsageError(f"{flag}: put the arguments in the model:/data: sections of {config}")
+    if args.cli and (args.model or args.data):
+        raise UsageError("give --cli or --model/--data, not both: the CLI knows its classes")
+    return LightningCLISource(config, cli=args.cli, model=args.model, data=args.data)
+
+
 def tune_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The :func:`~lightning_optkit.tuning.tune` arguments for parsed ``optkit tune`` arguments."""
-    from ._sources import ClassSource, LightningCLISource, is_lightningcli_yaml
+    from ._sources import ClassSource
 
     if args.config and args.config_opt and args.config != args.config_opt:
         raise UsageError(f"two configs given ({args.config} and --config {args.config_opt}); give one")
     config = args.config or args.config_opt
+    cli_source = _lightningcli_source(args, config)
+    if cli_source is not None:
+        args.model = args.data = None
+        config = None
     chosen = [f for f, v in (("--example", args.example), ("--factory", args.factory), ("--model", args.model)) if v]
     if len(chosen) > 1:
         raise UsageError(f"give one of --example, --factory and --model, not {' and '.join(chosen)}")
@@ -213,7 +260,9 @@ def tune_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     model_args = json_object(args.model_args, "--model-args")
     data_args = json_object(args.data_args, "--data-args")
-    if args.example:
+    if cli_source is not None:
+        kwargs["model"] = cli_source
+    elif args.example:
         kwargs.update(example=args.example, model_args=model_args, data_args=data_args)
     elif args.factory:
         if model_args or data_args:
@@ -224,12 +273,8 @@ def tune_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError("--model needs --data pkg.mod.DataModule")
         kwargs["model"] = ClassSource(args.model, args.data, model_args=model_args, data_args=data_args)
     elif config is not None:
-        data = read_yaml(config)
-        if not is_lightningcli_yaml(data):
-            raise UsageError(f"{config} is an optim block: say what to train with --example digits, "
-                              "--model/--data or --factory (or give a LightningCLI config)")
-        kwargs["model"] = LightningCLISource(config)
-        config = None
+        raise UsageError(f"{config} is an optim block: say what to train with --example digits, "
+                         "--model/--data or --factory (or give a LightningCLI config)")
     else:
         raise UsageError("give --example digits, a LightningCLI config, --model/--data with CONFIG, or --factory")
     if config is not None:
@@ -258,6 +303,7 @@ def tune_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         direction=_split(args.direction),
         n_trials=args.trials,
         timeout=args.timeout,
+        study_timeout=args.study_timeout,
         sampler=args.sampler,
         pruner=args.pruner,
         storage=args.storage,
@@ -272,6 +318,8 @@ def tune_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         progress=not args.quiet,
         threads=args.threads,
         verbose=args.verbose,
+        reeval=args.reeval,
+        reeval_seeds=args.reeval_seeds,
     )
     return kwargs
 

@@ -21,12 +21,17 @@ __all__ = ["Assignment", "DistributedContext", "Stop"]
 
 @dataclass
 class Assignment:
-    """One trial as the ranks see it: its number, the sampled overrides and the complete optim block."""
+    """One trial as the ranks see it: its number, the sampled overrides and the complete optim block.
+
+    ``seed`` is set for a re-evaluation run of a finished trial (its config trained again with another
+    seed, see ``_reeval.py``); ``None``: the study's seed.
+    """
 
     number: int
     overrides: dict[str, Any]
     optim: dict[str, Any]
     out_dir: str | None = None
+    seed: int | None = None
 
 
 @dataclass

@@ -69,6 +69,30 @@ PRESETS: dict[str, dict[str, Any]] = {
             "optimizer.lr": {"low": 1.0e-5, "high": 1.0e-2, "log": True},
         },
     },
+    # The Trainer and data knobs around the LR (model./data./trainer. keys, checked against the
+    # classes' signatures): gradient clipping, gradient accumulation and the batch size, the LR
+    # following the effective batch size by the square-root rule (relative to the datamodule's own
+    # batch size and accumulate_grad_batches=1). Add it to another preset: --search adamw+training.
+    "training": {
+        "optim": _ADAMW_BASE,
+        "search": {
+            "optimizer.lr": {"low": 1.0e-5, "high": 1.0e-2, "log": True},
+            "trainer.gradient_clip_val": {"choices": [0.0, 0.5, 1.0, 5.0]},
+            "trainer.accumulate_grad_batches": {"choices": [1, 2, 4], "lr_scaling": "sqrt"},
+            "data.batch_size": {"choices": [16, 32, 64, 128], "lr_scaling": "sqrt"},
+        },
+    },
+    # Regularization: the model's dropout (a `dropout` argument of its __init__), weight decay and
+    # label smoothing, at a searched LR.
+    "regularization": {
+        "optim": _ADAMW_BASE,
+        "search": {
+            "optimizer.lr": {"low": 1.0e-5, "high": 1.0e-2, "log": True},
+            "optimizer.weight_decay": {"low": 1.0e-4, "high": 0.3, "log": True},
+            "model.dropout": {"low": 0.0, "high": 0.5},
+            "loss.label_smoothing": {"low": 0.0, "high": 0.2},
+        },
+    },
     # Fine-tuning a pretrained backbone: the head's LR, the backbone's share of it, layer decay.
     "finetune": {
         "optim": {
@@ -92,10 +116,22 @@ PRESETS: dict[str, dict[str, Any]] = {
 def search_preset(name: str) -> dict[str, Any]:
     """A preset as ``{"optim": base config, "search": space}`` (a fresh copy).
 
+    ``"a+b"`` joins presets: the search keys of all (for a key both have, the first preset's spec:
+    ``digits+training`` keeps the digits LR range), the base optim block of the first.
+
     Example:
         >>> sorted(search_preset("adamw")["search"])[:2]
         ['optimizer.betas', 'optimizer.lr']
+        >>> "data.batch_size" in search_preset("digits+training")["search"]
+        True
     """
+    if "+" in str(name):
+        parts = [search_preset(part) for part in str(name).split("+")]
+        search: dict[str, Any] = {}
+        for part in parts:
+            for key, spec in part["search"].items():
+                search.setdefault(key, spec)
+        return {"optim": parts[0]["optim"], "search": search}
     key = str(name).strip().lower()
     if key not in PRESETS:
         raise ConfigError("search", name, "a preset: " + ", ".join(sorted(PRESETS)), suggestions=did_you_mean(name, PRESETS))

@@ -69,8 +69,10 @@ class PruningCallback(Callback):
         [11, 23, 34, 46]
     """
 
-    def __init__(self, trial: optuna.trial.Trial | None, monitor: str | Sequence[str]) -> None:
+    def __init__(self, trial: optuna.trial.Trial | None, monitor: str | Sequence[str], *,
+                 record_only: bool = False) -> None:
         super().__init__()
+        self.record_only = record_only  # no trial on rank 0 either: only record (a re-evaluation run)
         monitors = (monitor,) if isinstance(monitor, str) else tuple(monitor)
         if not monitors or not all(isinstance(m, str) and m for m in monitors):
             raise ConfigError("monitor", monitor, "a metric name such as 'val_loss', or a list of them")
@@ -120,7 +122,7 @@ class PruningCallback(Callback):
                      "other ranks as subprocesses and keeps rank 0 in this process (PruningCallback keeps the "
                      "trial there and broadcasts its decisions), or let optkit tune run the DDP trials",
             )
-        if trainer.global_rank == 0 and self.trial is None:
+        if trainer.global_rank == 0 and self.trial is None and not self.record_only:
             raise ValueError("PruningCallback: rank 0 needs the trial (trial=None is for the other DDP ranks)")
         if self.trial is not None:
             n = len(self.trial.study.directions)

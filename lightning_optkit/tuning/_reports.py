@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import math
 import sys
@@ -10,7 +11,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import optuna
 import yaml
@@ -18,9 +19,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .._io import atomic_write_bytes
 from ..config import load_config
+from ._refit import run_block
 from ._runner import TrialPlan
+from ._space import split_overrides
 
-__all__ = ["ProgressReporter", "best_trial", "format_summary", "trial_config", "write_best_config", "write_plots",
+if TYPE_CHECKING:
+    from ._reeval import ReevalReport
+
+__all__ = ["ProgressReporter", "best_trial", "chosen_trial", "format_summary", "trial_config", "write_best_config", "write_plots",
            "write_trials_csv"]
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -62,7 +68,9 @@ def trial_config(trial: FrozenTrial, plan: TrialPlan) -> dict[str, Any]:
     stored = trial.user_attrs.get("optkit.config")
     if isinstance(stored, dict):
         return stored
-    return load_config(plan.base, plan.space.overrides_from_params(trial.params, plan.base)).to_dict()
+    overrides = plan.space.overrides_from_params(trial.params, plan.base)
+    optim_overrides = plan.space.scale_lr(split_overrides(overrides)[0], overrides, plan.base)
+    return load_config(plan.base, optim_overrides).to_dict()
 
 
 def _value_text(trial: FrozenTrial, plan: TrialPlan) -> str:
@@ -70,29 +78,69 @@ def _value_text(trial: FrozenTrial, plan: TrialPlan) -> str:
     return ", ".join(f"{m} = {_fmt(v)} ({d})" for m, v, d in zip(plan.monitors, values, plan.directions))
 
 
-def write_best_config(study: optuna.Study, plan: TrialPlan, out_dir: Path) -> tuple[Path | None, list[str], list[Path]]:
+def chosen_trial(study: optuna.Study, reeval: ReevalReport | None = None) -> FrozenTrial | None:
+    """The best config's trial: the one re-evaluation chose by its mean, else the search-time best."""
+    chosen = reeval.chosen if reeval is not None else None
+    if chosen is not None:
+        return next(t for t in study.get_trials(deepcopy=False) if t.number == chosen.number)
+    return best_trial(study)
+
+
+def write_best_config(study: optuna.Study, plan: TrialPlan, out_dir: Path, reeval: ReevalReport | None = None
+                      ) -> tuple[Path | None, list[str], list[Path]]:
     """Write ``best_config.yaml`` (the best trial's complete optim block) and the source's extras.
 
-    Returns ``(path, reproduce lines, extra files)``; ``path`` is ``None`` when no trial completed.
+    With a complete ``reeval`` report the best trial is the one chosen by the mean over its runs, and a
+    ``reeval:`` block gives that mean ± sd, every run's value and seed, the search-time value and the
+    cost of re-evaluation. Returns ``(path, reproduce lines, extra files)``; ``path`` is ``None`` when
+    no trial completed.
     """
-    best = best_trial(study)
+    best = chosen_trial(study, reeval)
     if best is None:
         return None, [], []
     optim = trial_config(best, plan)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "best_config.yaml"
-    reproduce = plan.source.reproduce(path, plan.trainer_kwargs, plan.seed)
+    targets = split_overrides(plan.space.overrides_from_params(best.params, plan.base))[1]
+    reproduce = _reproduce_lines(plan, path, targets)
     run = best.user_attrs.get("optkit.run", {})
     head = [
         f"# Best trial of study {study.study_name!r}: trial {best.number}, {_value_text(best, plan)}"
         + (f" after {run['steps']} optimizer steps" if run.get("steps") is not None else ""),
-        "# The complete optim block it trained with (seed " + str(plan.seed) + ").",
+        "# optim: the complete optim block it trained with; run: its source, arguments and seed (" + str(plan.seed)
+        + ").",
     ]
+    best_line = reeval.best_line() if reeval is not None else None
+    if best_line is not None:
+        head.insert(1, f"# Chosen by re-evaluation of the top {len(reeval.standings)} configs "  # type: ignore[union-attr]
+                    f"(reeval: below): {best_line}")
     head += [f"# Reproduce: {line}" if i == 0 else f"#   {line}" for i, line in enumerate(reproduce)]
-    text = "\n".join(head) + "\n" + yaml.safe_dump(optim, sort_keys=False)
+    body = {"optim": optim, "run": run_block(plan, targets)}
+    if best_line is not None:
+        body["reeval"] = reeval.block()  # type: ignore[union-attr]
+    text = "\n".join(head) + "\n" + yaml.safe_dump(body, sort_keys=False)
     atomic_write_bytes(path, text.encode())
-    extras = plan.source.write_extras(out_dir, optim, plan.trainer_kwargs, plan.seed)
+    if any(targets.values()) and "targets" in inspect.signature(plan.source.write_extras).parameters:
+        extras = plan.source.write_extras(out_dir, optim, plan.trainer_kwargs, plan.seed, targets=targets)
+    else:
+        extras = plan.source.write_extras(out_dir, optim, plan.trainer_kwargs, plan.seed)
     return path, reproduce, extras
+
+
+def _reproduce_lines(plan: TrialPlan, path: Path, targets: dict[str, dict[str, Any]]) -> list[str]:
+    """``optkit fit BEST`` first when the source can be rebuilt from the file; the source's own lines when they
+    carry everything (no model./data./trainer. key was searched)."""
+    from ..config import ConfigError
+    from ._sources import source_from_description
+
+    lines = plan.source.reproduce(path, plan.trainer_kwargs, plan.seed)
+    try:
+        source_from_description(plan.source.describe())
+    except ConfigError:
+        return lines
+    if any(targets.values()):
+        return [f"optkit fit {path}"]
+    return [*lines, f"or the whole run (source, arguments and seed in the file): optkit fit {path}"]
 
 
 def write_trials_csv(study: optuna.Study, plan: TrialPlan, path: Path) -> Path:
@@ -114,14 +162,25 @@ def write_trials_csv(study: optuna.Study, plan: TrialPlan, path: Path) -> Path:
 
 
 def format_summary(study: optuna.Study, plan: TrialPlan, *, top: int = 10, elapsed: float | None = None,
-                   storage: str = "") -> str:
-    """The console summary: counts, then the best trials as a table, best first."""
+                   storage: str = "", ran: int | None = None, n_trials: int | None = None) -> str:
+    """The console summary: counts, the budget (``ran``: the trials this process finished), the best trials.
+
+    Example of the budget line, when several processes share the study::
+
+        budget: the study holds 8 finished trials (n_trials=8); this run finished 3 of them
+    """
     trials = study.get_trials(deepcopy=False)
     counts = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     lines = [f"study {study.study_name!r}" + (f" ({storage})" if storage else "") + f": {len(trials)} trials -- "
              f"{counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed"
              + (f" -- {elapsed:.1f} s" if elapsed is not None else "")]
     finished = [t for t in trials if t.state in _FINISHED]
+    if ran is not None:
+        others = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        lines.append(f"budget: the study holds {len(finished)} finished trials"
+                     + (f" (n_trials={n_trials})" if n_trials is not None else "")
+                     + f"; this run finished {ran} of them"
+                     + (f"; {len(others)} still running or queued elsewhere" if others else ""))
     if not finished:
         return "\n".join(lines)
     first = plan.monitors[0]

@@ -27,7 +27,7 @@ from ..config import ConfigError, load_config
 from ._dist import Assignment, DistributedContext, Stop
 from ._pruning import PruningCallback
 from ._sources import ModelSource
-from ._space import SearchSpace
+from ._space import SearchSpace, split_overrides
 
 __all__ = ["TrialPlan", "TrialRunner", "quiet_lightning", "trial_trainer_kwargs"]
 
@@ -92,10 +92,13 @@ class TrialPlan:
         }
 
 
-def trial_trainer_kwargs(plan: TrialPlan, callback: PruningCallback, logger: Any) -> dict[str, Any]:
-    """The Trainer arguments of one trial: defaults, the plan's arguments, fresh copies of its callbacks."""
+def trial_trainer_kwargs(plan: TrialPlan, callback: PruningCallback, logger: Any,
+                         sampled: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Trainer arguments of one trial: defaults, the plan's arguments, the sampled ``trainer.*``
+    values, fresh copies of its callbacks."""
     kwargs: dict[str, Any] = {**TRIAL_DEFAULTS, "default_root_dir": str(plan.out_dir)}
     kwargs.update({k: v for k, v in plan.trainer_kwargs.items() if k != "callbacks"})
+    kwargs.update(sampled or {})
     callbacks = []
     for cb in plan.trainer_kwargs.get("callbacks") or []:
         try:
@@ -150,13 +153,16 @@ class TrialRunner:
 
     plan: TrialPlan
     dist: DistributedContext = field(default_factory=DistributedContext)
+    last_run: dict[str, Any] = field(default_factory=dict)  # steps, epochs, seconds, state of the last train()
 
     # -- rank 0 ------------------------------------------------------------------------------------------
     def __call__(self, trial: optuna.trial.Trial) -> float | list[float]:
         plan = self.plan
         overrides = plan.space.sample(trial, plan.base)
+        optim_overrides, _targets = split_overrides(overrides)  # model./data./trainer. keys: see train()
+        optim_overrides = plan.space.scale_lr(optim_overrides, overrides, plan.base)
         try:
-            optim = load_config(plan.base, overrides).to_dict()
+            optim = load_config(plan.base, optim_overrides).to_dict()
         except ConfigError as err:
             raise ConfigError(f"search (trial {trial.number})", overrides,
                               f"a combination of values that gives a valid config ({err})",
@@ -203,12 +209,15 @@ class TrialRunner:
         """Build and train one trial; returns its objective value(s) (the last validation's)."""
         import lightning as L
 
+        from ._targets import build_source
+
         plan = self.plan
-        L.seed_everything(plan.seed, workers=True, verbose=False)
-        module, data = plan.source.build(assignment.optim)
-        callback = PruningCallback(trial, plan.monitors)
-        logger = self._logger(assignment.number)
-        trainer = L.Trainer(**trial_trainer_kwargs(plan, callback, logger))
+        _optim, targets = split_overrides(assignment.overrides)
+        L.seed_everything(plan.seed if assignment.seed is None else assignment.seed, workers=True, verbose=False)
+        module, data = build_source(plan.source, assignment.optim, targets)
+        callback = PruningCallback(trial, plan.monitors, record_only=assignment.seed is not None)
+        logger = self._logger(assignment.number, assignment.seed)
+        trainer = L.Trainer(**trial_trainer_kwargs(plan, callback, logger, targets["trainer"]))
         state = "FAIL"
         start = time.perf_counter()
         try:
@@ -223,19 +232,21 @@ class TrialRunner:
             raise
         finally:
             seconds = time.perf_counter() - start
+            self.last_run = {"steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
+                             "seconds": round(seconds, 3), "state": state}
             if trial is not None:
-                trial.set_user_attr("optkit.run", {"steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
-                                                   "seconds": round(seconds, 3), "state": state})
+                trial.set_user_attr("optkit.run", self.last_run)
             if logger:
                 self._write_hparams(logger, assignment, callback, state, int(trainer.global_step))
         return values[0] if len(values) == 1 else list(values)
 
-    def _logger(self, number: int) -> Any:
+    def _logger(self, number: int, seed: int | None = None) -> Any:
         if not self.plan.tensorboard:
             return False
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        return TensorBoardLogger(save_dir=str(self.plan.out_dir), name="tensorboard", version=f"trial_{number:04d}",
+        version = f"trial_{number:04d}" if seed is None else f"trial_{number:04d}_reeval_seed{seed}"
+        return TensorBoardLogger(save_dir=str(self.plan.out_dir), name="tensorboard", version=version,
                                  default_hp_metric=False)
 
     def _write_hparams(self, logger: Any, assignment: Assignment, callback: PruningCallback, state: str,

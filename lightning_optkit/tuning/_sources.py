@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, read_yaml
+from ..config import ConfigError
 
 __all__ = [
     "ClassSource",
@@ -169,8 +169,15 @@ class FactorySource(ModelSource):
         if self.name in ("<lambda>", "build", "make", "factory"):  # a generic name: use its module's
             self.name = _module_stem(getattr(fn, "__module__", "") or "") or "study"
 
-    def build(self, optim: dict[str, Any]) -> tuple[Any, Any]:
-        return _check_pair(self.factory(copy.deepcopy(optim)), f"the factory {getattr(self.factory, '__name__', '')}()")
+    def build(self, optim: dict[str, Any], targets: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+        """A two-parameter factory also gets the sampled ``{"model": {...}, "data": {...}}`` (see _targets.py)."""
+        from ._targets import accepts_targets
+
+        who = f"the factory {getattr(self.factory, '__name__', '')}()"
+        if accepts_targets(self):
+            extra = {k: copy.deepcopy(dict((targets or {}).get(k) or {})) for k in ("model", "data")}
+            return _check_pair(self.factory(copy.deepcopy(optim), extra), who)
+        return _check_pair(self.factory(copy.deepcopy(optim)), who)
 
     def reproduce(self, best_yaml: Path, trainer_kwargs: Mapping[str, Any], seed: int) -> list[str]:
         fn = (self.path or "build").replace(":", ".")
@@ -212,10 +219,12 @@ class ExampleSource(ModelSource):
         # exactly what `optkit fit --example` uses, so the best config trains again to the same value
         return {"max_epochs": self.info.max_epochs, "accelerator": "cpu", "devices": 1, "deterministic": True}
 
-    def build(self, optim: dict[str, Any]) -> tuple[Any, Any]:
+    def build(self, optim: dict[str, Any], targets: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
         from ..demo import make_example
 
-        return make_example(self.name, optim, model_args=self.model_args, data_args=self.data_args)
+        targets = targets or {}
+        return make_example(self.name, optim, model_args={**self.model_args, **(targets.get("model") or {})},
+                            data_args={**self.data_args, **(targets.get("data") or {})})
 
     def reproduce(self, best_yaml: Path, trainer_kwargs: Mapping[str, Any], seed: int) -> list[str]:
         cmd = ["optkit", "fit", "--example", self.name, str(best_yaml)]
@@ -271,8 +280,16 @@ class ClassSource(ModelSource):
             raise ConfigError("model_args.optim", self.model_args["optim"], "no `optim` here: it is the tuned config")
         self.name = self.model_cls.__name__
 
-    def build(self, optim: dict[str, Any]) -> tuple[Any, Any]:
-        return self.model_cls(optim=copy.deepcopy(optim), **self.model_args), self.data_cls(**self.data_args)
+    def build(self, optim: dict[str, Any], targets: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+        targets = targets or {}
+        model_args = {**self.model_args, **copy.deepcopy(dict(targets.get("model") or {}))}
+        data_args = {**self.data_args, **copy.deepcopy(dict(targets.get("data") or {}))}
+        # class_path objects (a backbone nn.Module...) are built afresh for every trial, as LightningCLI does
+        from .._cli_args import instantiate_objects
+
+        model_args = instantiate_objects(model_args, "model_args")
+        data_args = instantiate_objects(data_args, "data_args")
+        return self.model_cls(optim=copy.deepcopy(optim), **model_args), self.data_cls(**data_args)
 
     def reproduce(self, best_yaml: Path, trainer_kwargs: Mapping[str, Any], seed: int) -> list[str]:
         cmd = ["optkit", "fit", str(best_yaml), "--model", self.model_path, "--data", self.data_path]
@@ -291,17 +308,25 @@ class ClassSource(ModelSource):
 
 
 def is_lightningcli_yaml(data: Any) -> bool:
-    """A LightningCLI config: a ``model:`` mapping with ``class_path`` (and usually ``data:``, ``trainer:``)."""
-    return isinstance(data, Mapping) and isinstance(data.get("model"), Mapping) and "class_path" in data["model"]
+    """A LightningCLI config: a ``model:`` mapping, with ``class_path`` or the init arguments of a fixed class."""
+    from .._lightningcli import is_lightningcli_config
+
+    return is_lightningcli_config(data)
 
 
 class LightningCLISource(ModelSource):
-    """A LightningCLI config file: ``model`` and ``data`` as ``class_path``/``init_args``, the base
-    config under ``model.init_args.optim``, trainer arguments under ``trainer:``.
+    """A LightningCLI config file, as ``--print_config`` writes it: the base config is the model's ``optim``
+    argument (``model.init_args.optim``, or ``model.optim`` for a fixed-class ``LightningCLI(Model, Data)``).
 
-    The model and data are instantiated by jsonargparse as LightningCLI does (types from the
-    signatures, nested ``class_path`` arguments); ``trainer.callbacks`` are instantiated too, and
-    ``trainer.logger`` is replaced by the study's TensorBoard logger.
+    Every trial is parsed and instantiated by a LightningCLI parser (:mod:`lightning_optkit._lightningcli`):
+    the project's own with ``cli=`` (its ``cli_main`` or ``LightningCLI`` subclass), so the sections it
+    adds (``parser.add_lightning_class_args(BackboneFinetuning, "finetuning")``), its links and defaults
+    all take part; else the parser of ``LightningCLI(Model, Data)`` (``model=``/``data=`` name the classes
+    of a fixed-class file). ``trainer.callbacks`` and callback sections run in every trial (fresh copies),
+    the other ``trainer:`` arguments are the trials' defaults, ``trainer.logger`` gives way to the study's
+    TensorBoard logger. A section the parser does not know, ``optimizer``/``lr_scheduler`` and
+    ``ckpt_path`` are ConfigErrors naming them. The best trial is written as ``best_lightningcli.yaml``,
+    dumped by that parser, so the project's CLI reads it unchanged.
 
     Example:
         >>> src = LightningCLISource({"model": {"class_path": "lightning_optkit.demo.DigitsClassifier",
@@ -315,94 +340,31 @@ class LightningCLISource(ModelSource):
     kind = "lightningcli"
     _DROPPED = ("logger",)
 
-    def __init__(self, config: str | os.PathLike[str] | Mapping[str, Any]) -> None:
-        self.path = None if isinstance(config, Mapping) else str(config)
-        data = copy.deepcopy(dict(config)) if isinstance(config, Mapping) else read_yaml(config)
-        if not is_lightningcli_yaml(data):
-            raise ConfigError("model", (data or {}).get("model") if isinstance(data, Mapping) else data,
-                              "a LightningCLI config with model.class_path and model.init_args")
-        self.data = data
-        for section in ("model", "data"):
-            block = data.get(section)
-            if not isinstance(block, Mapping) or "class_path" not in block:
-                raise ConfigError(f"{section}.class_path", block, f"the {section} class as class_path/init_args",
-                                  hint=f"a LightningCLI script with a fixed {section} class leaves it out of the YAML; "
-                                       f"add {section}: {{class_path: pkg.module.Class, init_args: {{...}}}}")
-        for section in ("optimizer", "lr_scheduler"):
-            if data.get(section):
-                raise ConfigError(section, data[section], "nothing: the optim block replaces LightningCLI's "
-                                  f"{section} section", hint="move it into model.init_args.optim")
-        init = data["model"].get("init_args") or {}
-        if not isinstance(init.get("optim"), Mapping):
-            raise ConfigError("model.init_args.optim", init.get("optim"), "the optim block (the base config to tune)")
-        self.name = str(data["model"]["class_path"]).rsplit(".", 1)[-1]
-        self._parser = self._make_parser()
-        self._check_instantiable()
-        trainer = dict(data.get("trainer") or {})
-        self.dropped = [k for k in self._DROPPED if trainer.pop(k, None) is not None]
-        callbacks = trainer.pop("callbacks", None)
-        self._callbacks = self._instantiate_callbacks(callbacks) if callbacks else []
-        self._trainer = trainer
+    def __init__(self, config: str | os.PathLike[str] | Mapping[str, Any], *, cli: Any = None,
+                 model: str | None = None, data: str | None = None) -> None:
+        from lightning.pytorch.callbacks import Checkpoint
 
-    @staticmethod
-    def _make_parser() -> Any:
-        import lightning as L
-        from jsonargparse import ArgumentParser
+        from .._lightningcli import LightningCLIConfig
 
-        parser = ArgumentParser(exit_on_error=False)
-        parser.add_subclass_arguments(L.LightningModule, "model", required=True)
-        parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
-        return parser
-
-    def _parse(self, model: Mapping[str, Any], data: Mapping[str, Any]) -> Any:
-        import warnings
-
-        try:
-            cfg = self._parser.parse_object({"model": copy.deepcopy(dict(model)), "data": copy.deepcopy(dict(data))})
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                instantiate = getattr(self._parser, "instantiate", None) or self._parser.instantiate_classes
-                return instantiate(cfg)
-        except Exception as exc:  # jsonargparse's ArgumentError / NSKeyError, the class's own TypeError
-            text = str(exc)
-            section = "data" if 'key "data"' in text else "model"
-            reason = _jsonargparse_reason(text)
-            raise ConfigError(f"{section}.class_path", (self.data.get(section) or {}).get("class_path"),
-                              f"an importable class whose init_args match its signature ({reason})") from None
-
-    def _check_instantiable(self) -> None:
-        # parse (do not build) once, so a wrong class_path or argument fails before any trial
-        try:
-            self._parser.parse_object({"model": copy.deepcopy(dict(self.data["model"])),
-                                       "data": copy.deepcopy(dict(self.data["data"]))})
-        except Exception as exc:
-            text = str(exc)
-            section = "data" if 'key "data"' in text else "model"
-            cp = str((self.data.get(section) or {}).get("class_path"))
-            hint = "name the class by an importable module path" if cp.startswith("__main__.") else ""
-            raise ConfigError(f"{section}.class_path", cp, "an importable class whose init_args match its signature "
-                              f"({_jsonargparse_reason(text)})", hint=hint) from None
-
-    @staticmethod
-    def _instantiate_callbacks(spec: Any) -> list[Any]:
-        from typing import Optional
-
-        from jsonargparse import ArgumentParser
-        from lightning.pytorch import Callback
-
-        items = spec if isinstance(spec, list) else [spec]
-        parser = ArgumentParser(exit_on_error=False)
-        parser.add_argument("--callbacks", type=Optional[list[Callback]])  # noqa: UP045 (jsonargparse reads it)
-        try:
-            cfg = parser.parse_object({"callbacks": items})
-            instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-            return list(instantiate(cfg).callbacks or [])
-        except Exception as exc:
-            raise ConfigError("trainer.callbacks", items, f"Lightning callbacks as class_path/init_args "
-                              f"({_jsonargparse_reason(str(exc))})") from None
+        self.cli_config = LightningCLIConfig(config, cli=cli, model=model, data=data)
+        self.path = self.cli_config.path
+        self.data = self.cli_config.raw
+        self.name = self.cli_config.name
+        trainer = self.data.get("trainer")
+        self.dropped = [k for k in self._DROPPED if isinstance(trainer, Mapping) and trainer.get(k) is not None]
+        run = self.cli_config.instantiate(self.cli_config.base_optim())  # builds once: callbacks, trainer arguments
+        if run.ckpt_path:
+            raise ConfigError("ckpt_path", run.ckpt_path, "null when tuning: every trial starts from the model's own "
+                              "initialization", hint="load pretrained weights in the model's __init__ instead "
+                              "(optkit fit --cli ... resumes from ckpt_path)")
+        self.model_cls, self.data_cls = type(run.model), (type(run.data) if run.data is not None else None)
+        self._callbacks = run.callbacks
+        self._trainer = run.trainer_kwargs
+        if any(isinstance(cb, Checkpoint) for cb in run.callbacks):  # the file's ModelCheckpoint saves, as it asks
+            self._trainer.setdefault("enable_checkpointing", True)
 
     def base_config(self) -> dict[str, Any] | None:
-        return copy.deepcopy(dict(self.data["model"]["init_args"]["optim"]))
+        return self.cli_config.base_optim()
 
     def trainer_defaults(self) -> dict[str, Any]:
         out = copy.deepcopy(self._trainer)
@@ -411,50 +373,67 @@ class LightningCLISource(ModelSource):
         return out
 
     def seed(self) -> int | None:
-        s = self.data.get("seed_everything")
-        return s if isinstance(s, int) and not isinstance(s, bool) else None
+        return self.cli_config.seed()
 
-    def build(self, optim: dict[str, Any]) -> tuple[Any, Any]:
-        model = copy.deepcopy(dict(self.data["model"]))
-        model["init_args"] = {**(model.get("init_args") or {}), "optim": copy.deepcopy(optim)}
-        init = self._parse(model, self.data["data"])
-        return _check_pair((init.model, init.data), "the LightningCLI config")
+    def init_args(self, section: str) -> dict[str, Any]:
+        """The constructor arguments the file gives ``model`` (without ``optim``) or ``data``."""
+        block = self.data.get(section)
+        if not isinstance(block, Mapping):
+            return {}
+        args = (block.get("init_args") or {}) if "class_path" in block else block
+        return {k: copy.deepcopy(v) for k, v in args.items() if k != "optim"}
+
+    def build(self, optim: dict[str, Any], targets: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+        run = self.cli_config.instantiate(optim, targets)
+        if run.data is None:
+            import lightning as L
+
+            if not isinstance(run.model, L.LightningModule):
+                raise TypeError(f"the LightningCLI config must give a LightningModule, got {type(run.model).__name__}")
+            return run.model, None
+        return _check_pair((run.model, run.data), "the LightningCLI config")
 
     def full_config(self, optim: dict[str, Any], seed: int) -> dict[str, Any]:
-        out = copy.deepcopy(self.data)
-        out["model"]["init_args"]["optim"] = copy.deepcopy(optim)
-        out["seed_everything"] = seed
-        return out
+        """The file's config with ``optim`` in place and ``seed_everything: seed`` (as written, not dumped)."""
+        return self.cli_config.with_optim(optim, seed=seed)
 
-    def write_extras(self, out_dir: Path, optim: dict[str, Any], trainer_kwargs: Mapping[str, Any], seed: int
-                     ) -> list[Path]:
-        import yaml
-
+    def write_extras(self, out_dir: Path, optim: dict[str, Any], trainer_kwargs: Mapping[str, Any], seed: int,
+                     targets: Mapping[str, Any] | None = None) -> list[Path]:
         from .._io import atomic_write_bytes
 
         path = out_dir / "best_lightningcli.yaml"
-        head = "# The LightningCLI config of the best trial: the original with model.init_args.optim replaced.\n"
-        atomic_write_bytes(path, (head + yaml.safe_dump(self.full_config(optim, seed), sort_keys=False)).encode())
+        head = (f"# The LightningCLI config of the best trial: the original with {self.cli_config.optim_key} replaced,\n"
+                "# as the project's LightningCLI parser prints it (its `fit --config` reads it unchanged).\n")
+        atomic_write_bytes(path, (head + self.cli_config.dump(optim, seed, targets)).encode())
         return [path]
 
     def reproduce(self, best_yaml: Path, trainer_kwargs: Mapping[str, Any], seed: int) -> list[str]:
-        lines = [f"python YOUR_LIGHTNINGCLI_SCRIPT.py fit --config {best_yaml.parent / 'best_lightningcli.yaml'}"]
-        model, data = self.data["model"], self.data["data"]
-        margs = {k: v for k, v in (model.get("init_args") or {}).items() if k != "optim"}
-        cmd = ["optkit", "fit", str(best_yaml), "--model", str(model["class_path"]), "--data", str(data["class_path"])]
-        if margs:
-            cmd += ["--model-args", _json(margs)]
-        if data.get("init_args"):
-            cmd += ["--data-args", _json(data["init_args"])]
-        if trainer_kwargs.get("max_epochs") is not None:
-            cmd += ["--max-epochs", str(trainer_kwargs["max_epochs"])]
-        cmd += ["--seed", str(seed)]
+        full = best_yaml.parent / "best_lightningcli.yaml"
+        lines = [f"python YOUR_LIGHTNINGCLI_SCRIPT.py fit --config {full}"]
+        cmd = ["optkit", "fit", str(full)]
+        if self.cli_config.cli_path:
+            cmd += ["--cli", self.cli_config.cli_path]
+        elif self.cli_config.model_path:
+            cmd += ["--model", self.cli_config.model_path] + (["--data", self.cli_config.data_path]
+                                                               if self.cli_config.data_path else [])
         lines.append("or: " + shlex.join(cmd))
+        model, data = self.data["model"], self.data.get("data") or {}
+        if "class_path" in model and "class_path" in data and not self.cli_config.explicit_cli:
+            margs = self.init_args("model")
+            cmd = ["optkit", "fit", str(best_yaml), "--model", str(model["class_path"]), "--data", str(data["class_path"])]
+            if margs:
+                cmd += ["--model-args", _json(margs)]
+            if data.get("init_args"):
+                cmd += ["--data-args", _json(data["init_args"])]
+            if trainer_kwargs.get("max_epochs") is not None:
+                cmd += ["--max-epochs", str(trainer_kwargs["max_epochs"])]
+            cmd += ["--seed", str(seed)]
+            lines.append("or (the optim block alone): " + shlex.join(cmd))
         return lines
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "config": self.path, "model": self.data["model"]["class_path"],
-                "data": self.data["data"]["class_path"]}
+        return {"kind": self.kind, **self.cli_config.describe(), "model": self.model_cls.__module__ + "."
+                + self.model_cls.__qualname__}
 
 
 def _jsonargparse_reason(text: str) -> str:
@@ -515,6 +494,7 @@ def source_from_description(desc: Mapping[str, Any]) -> ModelSource:
     if kind == "factory" and desc.get("factory") and not str(desc["factory"]).startswith("__main__"):
         return FactorySource(desc["factory"])
     if kind == "lightningcli" and desc.get("config"):
-        return LightningCLISource(desc["config"])
+        return LightningCLISource(desc["config"], cli=desc.get("cli"), model=desc.get("model_class"),
+                                  data=desc.get("data_class"))
     raise ConfigError("source", dict(desc), "a source a new process can rebuild: an example, model/data classes, "
                       "an importable factory path (not one defined in __main__) or a LightningCLI YAML file")

@@ -50,9 +50,16 @@ from ..config import (
 )
 from ..config._errors import format_value
 
-__all__ = ["Param", "SearchSpace", "get_path", "load_search"]
+__all__ = ["TARGET_SECTIONS", "Compare", "Param", "SearchSpace", "get_path", "load_search", "normalize_path",
+           "split_overrides"]
 
-SPEC_KEYS = ("type", "low", "high", "log", "step", "choices", "value", "when")
+SPEC_KEYS = ("type", "low", "high", "log", "step", "choices", "value", "when", "lr_scaling", "lr_base")
+# Sections of a search key that are not the optim block: constructor arguments of the model and the
+# datamodule, and Trainer arguments (``model.n_layers``, ``data.batch_size``, ``trainer.gradient_clip_val``).
+TARGET_SECTIONS = ("model", "data", "trainer")
+LR_SCALING = {"linear": 1.0, "sqrt": 0.5}
+_OPS = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b,
+        "<": lambda a, b: a < b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
 _LABEL = re.compile(r"[A-Za-z0-9_\-]+")
 KINDS = ("float", "int", "categorical", "fixed")
 _KIND_ALIASES = {"choice": "categorical", "category": "categorical", "const": "fixed", "constant": "fixed"}
@@ -90,6 +97,78 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
     return bool(a == b)
+
+
+def normalize_path(path: Any) -> Any:
+    """``model.init_args.X`` (LightningCLI's spelling) -> ``model.X``; other paths unchanged.
+
+    Example:
+        >>> normalize_path("model.init_args.n_layers@deep"), normalize_path("optimizer.lr")
+        ('model.n_layers@deep', 'optimizer.lr')
+    """
+    if isinstance(path, str):
+        for section in ("model", "data"):
+            if path.startswith(f"{section}.init_args."):
+                return section + "." + path[len(section) + len(".init_args."):]
+    return path
+
+
+def target_section(path: str) -> str | None:
+    """``model``/``data``/``trainer`` for a key of those sections, ``None`` for an optim key."""
+    head = path.split(".", 1)[0]
+    return head if head in TARGET_SECTIONS else None
+
+
+@dataclass(frozen=True)
+class Compare:
+    """A numeric condition of ``when:``: ``{model.n_layers: {">=": 2}}`` holds for 2, 3, ...
+
+    Several operators must all hold (``{">=": 2, "<": 5}``); operators: ``>=``, ``>``, ``<=``,
+    ``<``, ``==``, ``!=``.
+
+    Example:
+        >>> Compare(((">=", 2),)).holds(3), Compare(((">=", 2),)).holds(1), Compare(((">=", 2),)).holds("a")
+        (True, False, False)
+    """
+
+    ops: tuple[tuple[str, float], ...]
+
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` (a number) passes every comparison; anything else never does."""
+        return _is_number(value) and all(_OPS[op](value, ref) for op, ref in self.ops)
+
+    def to_spec(self) -> dict[str, float]:
+        return dict(self.ops)
+
+    def interval(self) -> tuple[float, bool, float, bool]:
+        """``(low, low included, high, high included)`` of the values it allows (``!=`` ignored)."""
+        lo, lo_in, hi, hi_in = -math.inf, False, math.inf, False
+        for op, ref in self.ops:
+            if op in (">=", ">", "==") and (ref > lo or (ref == lo and op == ">")):
+                lo, lo_in = ref, op != ">"
+            if op in ("<=", "<", "==") and (ref < hi or (ref == hi and op == "<")):
+                hi, hi_in = ref, op != "<"
+        return lo, lo_in, hi, hi_in
+
+
+def _matches(value: Any, allowed: Any) -> bool:
+    """One allowed item of a condition: a :class:`Compare`, or a value compared with :func:`_same`."""
+    return allowed.holds(value) if isinstance(allowed, Compare) else _same(value, allowed)
+
+
+def _overlap(a: Any, b: Any) -> bool:
+    """Whether two allowed items of conditions on the same key can both hold."""
+    if isinstance(a, Compare) and isinstance(b, Compare):
+        lo1, lin1, hi1, hin1 = a.interval()
+        lo2, lin2, hi2, hin2 = b.interval()
+        lo, lo_in = max((lo1, lin1), (lo2, lin2), key=lambda t: (t[0], not t[1]))
+        hi, hi_in = min((hi1, hin1), (hi2, hin2), key=lambda t: (t[0], t[1]))
+        return lo < hi or (lo == hi and lo_in and hi_in)
+    if isinstance(a, Compare):
+        return a.holds(b)
+    if isinstance(b, Compare):
+        return b.holds(a)
+    return _same(a, b)
 
 
 def get_path(data: Any, path: str, default: Any = None) -> Any:
@@ -134,6 +213,8 @@ class Param:
     value: Any = None
     when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     _decode: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    lr_scaling: str | None = None
+    lr_base: float | None = None
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -148,6 +229,9 @@ class Param:
                                    "or {value: [...]} to fix the key to the list")
         if not isinstance(spec, Mapping):
             return cls(path, "fixed", value=spec)
+        if "lr_scaling" in spec or "lr_base" in spec:
+            rest = {k: v for k, v in spec.items() if k not in ("lr_scaling", "lr_base")}
+            return cls._with_lr_scaling(where, cls.from_spec(path, rest), spec)
         unknown = [k for k in spec if k not in SPEC_KEYS]
         if unknown:
             key = unknown[0]
@@ -176,6 +260,32 @@ class Param:
             return cls(path, "categorical", choices=tuple(choices), when=when, _decode=decode)
         cls._only(where, spec, kind, ("type", "low", "high", "log", "step", "when"))
         return cls._numeric(where, path, kind, spec, when)
+
+    @classmethod
+    def _with_lr_scaling(cls, where: str, param: Param, spec: Mapping[str, Any]) -> Param:
+        """``lr_scaling: sqrt|linear`` (and ``lr_base``): the LR follows this key (a batch size) by that rule."""
+        import dataclasses
+
+        rule = spec.get("lr_scaling")
+        if rule is None or str(rule).lower() not in LR_SCALING:
+            raise ConfigError(f"{where}.lr_scaling", rule, "one of " + ", ".join(LR_SCALING) + " (optimizer.lr "
+                              "times (value / lr_base) ** 1 or ** 0.5)", suggestions=did_you_mean(str(rule), LR_SCALING))
+        if target_section(param.path) is None:
+            raise ConfigError(f"{where}.lr_scaling", rule, "lr_scaling on a data./trainer./model. key (a batch size, "
+                              "an accumulation), not on a key of the optim block")
+        values = param.probe_values()
+        if not all(_is_number(v) and v > 0 for v in values):
+            raise ConfigError(f"{where}.lr_scaling", rule, "a parameter of positive numbers (a batch size)")
+        base = spec.get("lr_base")
+        if base is not None and (not _is_number(base) or not base > 0):
+            raise ConfigError(f"{where}.lr_base", base, "a positive number: the batch size the base LR is tuned for")
+        return dataclasses.replace(param, lr_scaling=str(rule).lower(), lr_base=base)
+
+    def lr_factor(self, value: Any) -> float:
+        """The factor on the LR for ``value`` under this parameter's ``lr_scaling`` (1.0 without)."""
+        if self.lr_scaling is None or self.lr_base is None:
+            return 1.0
+        return float((value / self.lr_base) ** LR_SCALING[self.lr_scaling])
 
     @staticmethod
     def _kind(where: str, spec: Mapping[str, Any]) -> str:
@@ -248,11 +358,30 @@ class Param:
         for key, allowed in when.items():
             if not isinstance(key, str) or not key:
                 raise ConfigError(f"{where}.when", key, "dotted key paths such as optimizer.name")
+            key = normalize_path(key)
+            if isinstance(allowed, Mapping):
+                out.append((key, (Param._parse_compare(f"{where}.when.{key}", allowed),)))
+                continue
             values = tuple(allowed) if isinstance(allowed, (list, tuple)) else (allowed,)
             if not values:
                 raise ConfigError(f"{where}.when.{key}", allowed, "a value or a non-empty list of values")
             out.append((key, values))
         return tuple(out)
+
+    @staticmethod
+    def _parse_compare(where: str, spec: Mapping[str, Any]) -> Compare:
+        if not spec:
+            raise ConfigError(where, dict(spec), "comparisons such as {'>=': 2} (operators: " + ", ".join(_OPS) + ")")
+        ops = []
+        for op, ref in spec.items():
+            if op not in _OPS:
+                swapped = {"=>": ">=", "=<": "<=", "=": "==", "<>": "!="}.get(str(op))
+                raise ConfigError(f"{where}.{op}", ref, "a comparison operator: " + ", ".join(_OPS),
+                                  suggestions=[swapped] if swapped else did_you_mean(str(op), _OPS))
+            if not _is_number(ref) or not math.isfinite(ref):
+                raise ConfigError(f"{where}.{op}", ref, "a finite number to compare with")
+            ops.append((str(op), ref))
+        return Compare(tuple(ops))
 
     @property
     def config_path(self) -> str:
@@ -329,7 +458,12 @@ class Param:
             if self.step is not None:
                 out["step"] = self.step
         if self.when:
-            out["when"] = {k: list(v) if len(v) > 1 else v[0] for k, v in self.when}
+            out["when"] = {k: list(v) if len(v) > 1 else v[0].to_spec() if isinstance(v[0], Compare) else v[0]
+                           for k, v in self.when}
+        if self.lr_scaling is not None:
+            out["lr_scaling"] = self.lr_scaling
+            if self.lr_base is not None:
+                out["lr_base"] = self.lr_base
         return out
 
 
@@ -362,6 +496,8 @@ class SearchSpace:
     def __init__(self, params: Mapping[str, Param]) -> None:
         self.params: dict[str, Param] = dict(params)
         self.order: list[str] = self._topological_order()
+        # the values model./data./trainer. keys have without a search (set by tune(), for base_params)
+        self.target_base: dict[str, Any] = {}
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -376,6 +512,9 @@ class SearchSpace:
             raise ConfigError("search", {}, "at least one parameter to search")
         params: dict[str, Param] = {}
         for path, spec in data.items():
+            path = normalize_path(path)
+            if path in params:
+                raise ConfigError(f"search.{path}", spec, "one spec per key (model.init_args.X and model.X are one key)")
             if isinstance(path, str) and "@" in path:
                 key, label = path.split("@", 1)
                 if not _LABEL.fullmatch(label):
@@ -457,9 +596,15 @@ class SearchSpace:
                 other = self.params.get(key)
                 if other is None:
                     continue
-                if other.kind in ("float", "int"):
+                if isinstance(allowed[0], Compare):
+                    if _witness(other, allowed[0]) is None:
+                        raise ConfigError(f"search.{name}.when.{key}", allowed[0].to_spec(),
+                                          f"a comparison that some value of {key} passes ({other.to_spec()})")
+                    continue
+                if other.kind == "float" or (other.kind == "int" and not all(other.contains(v) for v in allowed)):
                     raise ConfigError(f"search.{name}.when.{key}", list(allowed),
-                                      f"a condition on a categorical or fixed parameter ({key} is a {other.kind} range)")
+                                      f"a comparison such as {{'>=': 2}} on a range ({key} is a {other.kind} range), "
+                                      "or values on a categorical or fixed parameter")
                 for v in allowed:
                     if not other.contains(v):
                         options = list(other.choices) if other.kind == "categorical" else [other.value]
@@ -476,7 +621,7 @@ class SearchSpace:
             for i, a in enumerate(group):
                 for b in group[i + 1:]:
                     wa, wb = dict(a.when), dict(b.when)
-                    if not any(not any(_same(x, y) for x in wa[k] for y in wb[k]) for k in wa.keys() & wb.keys()):
+                    if not any(not any(_overlap(x, y) for x in wa[k] for y in wb[k]) for k in wa.keys() & wb.keys()):
                         raise ConfigError(
                             f"search.{b.path}", b.to_spec(),
                             f"a condition that excludes {a.path} (both set {key}; one trial can take only one)",
@@ -494,7 +639,7 @@ class SearchSpace:
                 current = values[key]
             else:
                 current = get_path(base or {}, key)
-            if not any(_same(current, a) for a in allowed):
+            if not any(_matches(current, a) for a in allowed):
                 return False
         return True
 
@@ -537,7 +682,7 @@ class SearchSpace:
         Returns ``(params, left_out)``: keys whose base value is missing or outside the searched
         range are left out (the sampler picks them).
         """
-        base_dict = _as_dict(base)
+        base_dict = {**_as_dict(base), **self.target_base}
         values: dict[str, Any] = {}
         params: dict[str, Any] = {}
         left_out: list[str] = []
@@ -580,12 +725,53 @@ class SearchSpace:
                 if key in tried:
                     continue
                 tried.add(key)
-                overrides = self._as_overrides(assignment)
+                overrides, _targets = split_overrides(self._as_overrides(assignment))
+                overrides = self.scale_lr(overrides, assignment, base_dict)
                 try:
                     cfg = load_config(base_dict, overrides)
                     _construct_optimizers(cfg)
                 except ConfigError as err:
                     raise _explain(name, value, assignment, err, base_dict, self.params) from None
+
+    @property
+    def target_params(self) -> list[Param]:
+        """The parameters of ``model.``/``data.``/``trainer.`` keys (not of the optim block)."""
+        return [self.params[n] for n in self.order if target_section(self.params[n].config_path) is not None]
+
+    def scale_lr(self, overrides: Mapping[str, Any], values: Mapping[str, Any], base: OptimConfig | Mapping[str, Any]
+                 ) -> dict[str, Any]:
+        """The optim overrides with every block's LR scaled by the ``lr_scaling`` parameters among ``values``.
+
+        ``values`` are the trial's ``{parameter name: value}``; the LR scaled is the trial's own
+        (``optimizer.lr`` when searched) or the base config's.
+
+        Example:
+            >>> space = SearchSpace.from_dict({"data.batch_size": {"choices": [32, 128], "lr_scaling": "linear",
+            ...                                                     "lr_base": 64}})
+            >>> space.scale_lr({}, {"data.batch_size": 128}, {"optimizer": {"name": "sgd", "lr": 0.1}})
+            {'optimizer.lr': 0.2}
+        """
+        factor = 1.0
+        for p in self.params.values():
+            if p.lr_scaling is None:
+                continue
+            value = values.get(p.path, values.get(p.config_path) if "@" not in p.path else None)
+            if value is not None:
+                factor *= p.lr_factor(value)
+        out = dict(overrides)
+        if factor == 1.0:
+            return out
+        base_dict = _as_dict(base)
+        blocks = base_dict.get("optimizers")
+        keys = [f"optimizers.{i}.optimizer.lr" for i in range(len(blocks))] if blocks else ["optimizer.lr"]
+        for key in keys:
+            lr = out.get(key, get_path(base_dict, key))
+            if lr is None:
+                from ..config import OptimizerConfig
+
+                lr = OptimizerConfig.model_fields["lr"].default
+            out[key] = float(lr) * factor
+        return out
 
     def _probe(self, name: str, value: Any, base: Mapping[str, Any]) -> dict[str, Any] | None:
         values: dict[str, Any] = {}
@@ -597,12 +783,12 @@ class SearchSpace:
             for key, allowed in self.params[n].when:
                 other = self.params.get(key)
                 if other is None:
-                    if not any(_same(get_path(base, key), a) for a in allowed):
+                    if not any(_matches(get_path(base, key), a) for a in allowed):
                         return False
                 elif key in values:
-                    if not any(_same(values[key], a) for a in allowed):
+                    if not any(_matches(values[key], a) for a in allowed):
                         return False
-                elif not force(key, allowed[0]):
+                elif not force(key, _witness(other, allowed[0]) if isinstance(allowed[0], Compare) else allowed[0]):
                     return False
             return True
 
@@ -612,6 +798,63 @@ class SearchSpace:
             if other not in values and self.is_active(other, values, base):
                 values[other] = self.params[other].probe_values()[0]
         return {k: values[k] for k in self.order if k in values}
+
+
+def _witness(param: Param, cond: Compare) -> Any:
+    """The first value of ``param`` that passes ``cond`` (smallest for an int range), or ``None``."""
+    candidates: list[Any] = list(param.probe_values())
+    if param.kind == "int":
+        step = int(param.step or 1)
+        count = (int(param.high) - int(param.low)) // step + 1  # type: ignore[arg-type]
+        if count <= 10_000:
+            candidates = [int(param.low) + k * step for k in range(count)]  # type: ignore[arg-type]
+        else:
+            candidates += [int(ref) + d for _, ref in cond.ops for d in (-1, 0, 1)]
+    elif param.kind == "float":
+        candidates += [math.nextafter(ref, d) for _, ref in cond.ops for d in (-math.inf, ref, math.inf)]
+    return next((c for c in candidates if param.contains(c) and cond.holds(c)), None)
+
+
+def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A trial's overrides -> ``(optim overrides, {"model": {...}, "data": {...}, "trainer": {...}})``.
+
+    Per-element keys build a list: ``model.units.0``, ``model.units.1`` -> ``{"units": [u0, u1]}``
+    (the elements present must be 0..n-1; the list replaces the argument's default as a whole).
+
+    Example:
+        >>> split_overrides({"optimizer.lr": 0.1, "model.units.1": 32, "model.units.0": 16, "data.batch_size": 8})
+        ({'optimizer.lr': 0.1}, {'model': {'units': [16, 32]}, 'data': {'batch_size': 8}, 'trainer': {}})
+    """
+    optim: dict[str, Any] = {}
+    targets: dict[str, dict[str, Any]] = {s: {} for s in TARGET_SECTIONS}
+    for path, value in overrides.items():
+        section = target_section(path)
+        if section is None:
+            optim[path] = value
+            continue
+        node: dict[Any, Any] = targets[section]
+        parts = path.split(".")[1:]
+        for part in parts[:-1]:
+            node = node.setdefault(int(part) if part.isdigit() else part, {})
+        node[int(parts[-1]) if parts[-1].isdigit() else parts[-1]] = value
+    return optim, {s: _listify(v, s) for s, v in targets.items()}  # type: ignore[misc]
+
+
+def _listify(node: Any, where: str) -> Any:
+    """Dicts with integer keys (from ``units.0``, ``units.1``) -> lists; the indices must be 0..n-1."""
+    if not isinstance(node, dict):
+        return node
+    out = {k: _listify(v, f"{where}.{k}") for k, v in node.items()}
+    if out and all(isinstance(k, int) for k in out):
+        if sorted(out) != list(range(len(out))):
+            missing = min(set(range(max(out) + 1)) - set(out))
+            raise ConfigError(f"search.{where}.{missing}", None, f"a value for every element of {where} below "
+                              f"{max(out)} (a trial sets elements {sorted(out)})",
+                              hint=f"give {where}.{missing} the same condition as the elements after it, or a weaker one")
+        return [out[i] for i in range(len(out))]
+    if any(isinstance(k, int) for k in out):
+        raise ConfigError(f"search.{where}", sorted(map(str, out)), "element keys (0, 1, ...) or argument names, not both")
+    return out
 
 
 def _as_dict(base: Any) -> dict[str, Any]:
@@ -629,6 +872,11 @@ def _check_path(path: Any, where: str | None = None) -> None:
         raise ConfigError(label if isinstance(path, str) and path else "search", path,
                           "a dotted key path of the optim config, such as optimizer.lr")
     parts = path.split(".")
+    if parts[0] in TARGET_SECTIONS:  # checked against the classes' signatures by tune() (see _targets.py)
+        if len(parts) < 2 or parts[1].isdigit():
+            raise ConfigError(label, path, f"{parts[0]}.<argument>, e.g. model.n_layers, data.batch_size, "
+                              "trainer.gradient_clip_val")
+        return
     model: type | None = OptimConfig
     i = 0
     while model is not None and i < len(parts):
@@ -730,7 +978,7 @@ def load_search(source: SearchSpace | Mapping[str, Any] | str | os.PathLike[str]
     if isinstance(source, (str, os.PathLike)):
         text = str(source)
         if isinstance(source, str) and not text.endswith((".yaml", ".yml")) and not Path(text).exists():
-            if text.lower() in PRESETS:
+            if text.lower() in PRESETS or (text and all(t.strip().lower() in PRESETS for t in text.split("+"))):
                 preset = search_preset(text)
                 return SearchSpace.from_dict(preset["search"]), preset.get("optim")
             raise ConfigError("search", text, "a YAML file or a preset: " + ", ".join(sorted(PRESETS)),

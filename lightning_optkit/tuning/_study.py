@@ -8,9 +8,11 @@ is valid, and the study in the storage is left as it was.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +24,7 @@ from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage
 
 from ..config import ConfigError, did_you_mean
+from ._budget import STARTED_AT_KEY, register_lock_file, storage_lock
 
 __all__ = [
     "PRUNERS",
@@ -239,7 +242,9 @@ def _journal_storage(path: str) -> BaseStorage:
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     lock: Any = FlockJournalLock(path) if os.name == "posix" else None
-    return JournalStorage(JournalFileBackend(path, lock_obj=lock))
+    storage = JournalStorage(JournalFileBackend(path, lock_obj=lock))
+    register_lock_file(storage, path + ".optkit.lock")  # the first start and each claim (see _budget.py)
+    return storage
 
 
 def default_storage_url(out_dir: str | os.PathLike[str]) -> str:
@@ -285,25 +290,104 @@ def resolve_storage(storage: str | os.PathLike[str] | BaseStorage | None, out_di
         else:
             raise ConfigError("storage", redact_url(text), "a database URL (sqlite:///optuna.db, "
                               "postgresql://user@host/db, ...), a .db or .log file, or 'memory'")
+    engine_kwargs = {"connect_args": {"timeout": 60}} if text.startswith("sqlite") else None
+    beat: dict[str, Any] = {}
+    if heartbeat_interval:
+        beat = {"heartbeat_interval": int(heartbeat_interval),
+                "grace_period": int(grace_period or 2 * heartbeat_interval)}
+        if max_retry is not None:
+            beat.update(_retry_callback(max_retry))
     try:
-        engine_kwargs = {"connect_args": {"timeout": 60}} if text.startswith("sqlite") else None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            beat: dict[str, Any] = {}
-            if heartbeat_interval:
-                beat = {"heartbeat_interval": int(heartbeat_interval),
-                        "grace_period": int(grace_period or 2 * heartbeat_interval)}
-                if max_retry is not None:
-                    beat["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
-            rdb = optuna.storages.RDBStorage(text, engine_kwargs=engine_kwargs, **beat)
-    except ModuleNotFoundError as exc:
-        raise ConfigError("storage", redact_url(text), "a URL whose database driver is installed",
-                          hint=f"{exc}; e.g. pip install psycopg2-binary (PostgreSQL) or pymysql (MySQL)") from None
+        rdb = _create_rdb(text, engine_kwargs, beat)
+    except ImportError as exc:
+        raise _missing_driver(text, exc) from None
     except Exception as exc:  # sqlalchemy's OperationalError, ArgumentError...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError("storage", redact_url(text), "a database URL that can be opened",
                           hint=redact_url(reason[:300])) from None
     return rdb, redact_url(text)
+
+
+# The pip package of each SQLAlchemy driver that Optuna's RDB storage can use.
+DRIVER_PACKAGES = {
+    "psycopg": "'psycopg[binary]'  (or: pip install 'lightning-optkit[postgres]')",
+    "psycopg2": "psycopg2-binary",
+    "pg8000": "pg8000",
+    "asyncpg": "asyncpg",
+    "pymysql": "PyMySQL",
+    "mysqldb": "mysqlclient",
+    "mysqlconnector": "mysql-connector-python",
+    "oracledb": "oracledb",
+    "cx_oracle": "cx_Oracle",
+    "pyodbc": "pyodbc",
+}
+
+
+def _driver_of(url: str) -> str | None:
+    """The driver SQLAlchemy picks for ``url`` (``postgresql://`` is psycopg 3 in SQLAlchemy 2.1, psycopg2 before)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return str(make_url(url).get_dialect().driver)
+    except Exception:  # an unknown dialect: the caller names the module from the ImportError
+        return None
+
+
+def _missing_driver(url: str, exc: ImportError) -> ConfigError:
+    """The ConfigError for a URL whose database driver is not installed: it names the package to install."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc
+    module = (getattr(cause, "name", None) or "").split(".")[0]
+    driver = _driver_of(url) or module
+    package = DRIVER_PACKAGES.get(driver.lower(), DRIVER_PACKAGES.get(module.lower(), module or driver))
+    scheme = url.split("://", 1)[0]
+    return ConfigError("storage", redact_url(url), f"a URL whose database driver is installed: {scheme}:// uses "
+                       f"the {driver!r} driver, which cannot be imported ({cause})",
+                       hint=f"pip install {package}")
+
+
+def _retry_callback(max_retry: int) -> dict[str, Any]:
+    """Optuna's retry of heartbeat-stale trials, under the argument name this Optuna version takes."""
+    import inspect
+
+    params = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
+    if "heartbeat_stale_trial_callback" in params and hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
+        return {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)}
+    return {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)}
+
+
+def _create_rdb(url: str, engine_kwargs: dict[str, Any] | None, beat: dict[str, Any],
+                attempts: int = 5) -> optuna.storages.RDBStorage:
+    """``RDBStorage(url)``, safe when many processes open an empty database at once.
+
+    Creating the tables (and Optuna's version rows) races: on PostgreSQL two ``CREATE TABLE``s of one
+    name end in ``UniqueViolation`` on ``pg_type``. There the creation runs under an advisory lock;
+    on every database a creation that still loses a race (``IntegrityError``, "already exists") is
+    tried again: by then the other process has created what was missing.
+    """
+    import random
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+    from sqlalchemy.pool import NullPool
+
+    from ._budget import postgres_lock
+
+    lock: Any = contextlib.nullcontext()
+    if url.startswith("postgresql"):
+        lock = postgres_lock(create_engine(url, poolclass=NullPool), "schema")
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings(), lock:
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", FutureWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+        except (IntegrityError, ProgrammingError, OperationalError) as exc:
+            racing = isinstance(exc, IntegrityError) or "already exists" in str(exc).lower()
+            if not racing or attempt == attempts - 1:
+                raise
+            lock = contextlib.nullcontext()
+            time.sleep(random.uniform(0.05, 0.3))
+    raise AssertionError("unreachable")
 
 
 def _study_names(storage: BaseStorage) -> list[str]:
@@ -333,38 +417,72 @@ def open_study(
     *,
     resume: bool,
     attrs: dict[str, Any],
+    first_trials: Sequence[tuple[dict[str, Any], dict[str, Any]]] = (),
 ) -> tuple[optuna.Study, bool]:
     """Create the study, or load it when ``resume``; returns ``(study, resumed)``.
+
+    Safe when many processes open the same study at once (a job array with ``--study NAME
+    --resume``): under the storage's setup lock (:func:`~lightning_optkit.tuning._budget.storage_lock`)
+    exactly one of them creates the study, stores ``attrs`` and the study's start time, and enqueues
+    ``first_trials`` (``(params, user_attrs)`` pairs: the base config...); the others join it.
 
     Raises:
         ConfigError: ``study_name`` taken without ``resume``; ``monitor`` / ``direction`` different
             from the stored study's.
     """
-    exists = study_name in _study_names(storage)
-    if exists and not resume:
-        n = len(storage.get_all_trials(storage.get_study_id_from_name(study_name), deepcopy=False))
-        raise ConfigError("study_name", study_name, f"a new study name: {study_name!r} already has {n} trials in "
-                          f"{display}", hint="pass resume=True (--resume) to continue it, or choose another name")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, study_name=study_name,
-                                    directions=list(directions), load_if_exists=exists or resume)
-    if exists:
-        stored = [d.name.lower() for d in study.directions]
-        if stored != [d.lower() for d in directions]:
-            raise ConfigError("direction", list(directions) if len(directions) > 1 else directions[0],
-                              f"the directions of the stored study {study_name!r}: {', '.join(stored)}")
-        monitor = study.user_attrs.get("optkit.monitor")
-        finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
-                                                            optuna.trial.TrialState.PRUNED))
-        if monitor is not None and list(monitor) != list(attrs.get("optkit.monitor", monitor)) and finished:
-            raise ConfigError("monitor", attrs.get("optkit.monitor"),
-                              f"the metric(s) of the stored study {study_name!r}: {', '.join(monitor)}",
-                              hint="values of different metrics cannot be compared; start a new study")
-        if not finished:  # nothing to compare yet (e.g. the first trial failed on a misspelt metric)
+    with storage_lock(storage, f"setup:{study_name}"):
+        exists = study_name in _study_names(storage)
+        if exists and not resume:
+            n = len(storage.get_all_trials(storage.get_study_id_from_name(study_name), deepcopy=False))
+            raise ConfigError("study_name", study_name, f"a new study name: {study_name!r} already has {n} trials in "
+                              f"{display}", hint="pass resume=True (--resume) to continue it, or choose another name")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, study_name=study_name,
+                                        directions=list(directions), load_if_exists=exists or resume)
+        if exists:
+            _check_stored(study, study_name, directions, attrs)
+        else:
             for key, value in attrs.items():
                 study.set_user_attr(key, value)
-    else:
+        if STARTED_AT_KEY not in study.user_attrs:
+            study.set_user_attr(STARTED_AT_KEY, time.time())
+        live = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.WAITING,
+                optuna.trial.TrialState.RUNNING)
+        if not study.get_trials(deepcopy=False, states=live):  # new, or only failed trials so far
+            for params, user_attrs in first_trials:
+                study.enqueue_trial(params, user_attrs=user_attrs)
+    return study, exists
+
+
+def _check_stored(study: optuna.Study, study_name: str, directions: Sequence[str], attrs: dict[str, Any]) -> None:
+    """A resumed study must have the same directions and metric(s); until a trial finished, ``attrs`` are renewed."""
+    stored = [d.name.lower() for d in study.directions]
+    if stored != [d.lower() for d in directions]:
+        raise ConfigError("direction", list(directions) if len(directions) > 1 else directions[0],
+                          f"the directions of the stored study {study_name!r}: {', '.join(stored)}")
+    monitor = study.user_attrs.get("optkit.monitor")
+    finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                        optuna.trial.TrialState.PRUNED))
+    if monitor is not None and list(monitor) != list(attrs.get("optkit.monitor", monitor)) and finished:
+        raise ConfigError("monitor", attrs.get("optkit.monitor"),
+                          f"the metric(s) of the stored study {study_name!r}: {', '.join(monitor)}",
+                          hint="values of different metrics cannot be compared; start a new study")
+    if not finished:  # nothing to compare yet (e.g. the first trial failed on a misspelt metric)
         for key, value in attrs.items():
             study.set_user_attr(key, value)
-    return study, exists
+
+
+def study_deadline(study: optuna.Study, study_timeout: float | None) -> float | None:
+    """When the study must stop starting trials (seconds since the epoch): its start time + ``study_timeout``.
+
+    The start time is the study's ``optkit.started_at`` attribute (set when it was created); a study
+    made by an older version falls back to its first trial's start, or now.
+    """
+    if study_timeout is None:
+        return None
+    started = study.user_attrs.get(STARTED_AT_KEY)
+    if started is None:
+        starts = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start is not None]
+        started = min(starts).timestamp() if starts else time.time()
+    return float(started) + float(study_timeout)

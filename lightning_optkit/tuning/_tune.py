@@ -16,13 +16,16 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from ..config import ConfigError, OptimConfig, load_config
+from ._budget import Budget, held_trials
 from ._dist import DistributedContext, Stop
 from ._presets import PRESETS
+from ._reeval import DEFAULT_REEVAL, DEFAULT_REEVAL_SEEDS, check_reeval, in_process, reeval_report, reevaluate
 from ._reports import ProgressReporter, format_summary, write_best_config, write_plots, write_trials_csv
 from ._runner import TrialPlan, TrialRunner, quiet_lightning
 from ._sources import ExampleSource, as_source
 from ._space import SearchSpace, load_search
-from ._study import make_pruner, make_sampler, open_study, pick_study_name, resolve_storage
+from ._study import make_pruner, make_sampler, open_study, pick_study_name, resolve_storage, study_deadline
+from ._targets import validate_targets
 
 __all__ = ["EXAMPLE_DEFAULTS", "infer_direction", "tune"]
 
@@ -99,6 +102,7 @@ def tune(
     direction: str | Sequence[str] | None = None,
     n_trials: int | None = None,
     timeout: float | None = None,
+    study_timeout: float | None = None,
     sampler: str | BaseSampler = "tpe",
     pruner: str | BasePruner | None = "hyperband",
     storage: str | os.PathLike[str] | BaseStorage | None = None,
@@ -123,6 +127,8 @@ def tune(
     heartbeat_interval: int = 30,
     grace_period: int | None = None,
     recipe: str | None = None,
+    reeval: int = DEFAULT_REEVAL,
+    reeval_seeds: int = DEFAULT_REEVAL_SEEDS,
 ) -> optuna.Study:
     """Tune the ``optim:`` block with Optuna; returns the study.
 
@@ -151,9 +157,15 @@ def tune(
         monitor: the metric logged in validation (default ``val_loss``; the example's own, e.g.
             ``val_acc``), or a list for a multi-objective study (no pruning then).
         direction: ``minimize``/``maximize`` (default: from the metric's name), or one per metric.
-        n_trials: finished (complete or pruned) trials the study should have; a resumed study runs
-            only the missing ones. Default 20 (the example's own default, e.g. 30), unless a timeout.
-        timeout: stop starting trials after this many seconds.
+        n_trials: finished (complete or pruned) trials the study should have, counted over every
+            process and machine that shares it; a resumed study runs only the missing ones. With
+            ``workers`` each trial claims its place under a lock shared by all of them, so the study
+            never holds more; without, this process stops when the study is full (at most one trial
+            over per process running at the same moment). Default 20 (the example's own default,
+            e.g. 30), unless a timeout.
+        timeout: this process stops starting trials after this many seconds.
+        study_timeout: the study stops starting trials this many seconds after it was created, on
+            every process and machine that shares it (``--study-timeout``).
         sampler: ``tpe`` (seeded, multivariate), ``random``, ``cmaes``, ``gp``, ``qmc``, or a sampler.
         pruner: ``hyperband`` (its smallest budget is one validation interval), ``median``,
             ``successive_halving``, ``none``, or a pruner.
@@ -194,6 +206,13 @@ def tune(
             Hyperband tune everything in one study where each optimizer samples its own narrowed
             range (``optimizer.lr@<optimizer>``), starting with each optimizer at its recommended
             LR. See ``_staged.py``.
+        reeval / reeval_seeds: after the search, train the top ``reeval`` configs again with
+            ``reeval_seeds`` new seeds each (derived from ``seed``, never equal to it; with ``workers``
+            in the worker processes) and choose the best config by the mean over all its runs (the
+            search run included); ``best_config.yaml`` and the summary give that mean ± sd beside the
+            search-time value, and the steps re-evaluation took. The runs are kept in the study user
+            attribute ``optkit.reeval`` (no trials: the sampler never sees them); a rerun does not
+            redo them. ``0`` turns it off. Single-objective studies only. See ``_reeval.py``.
 
     Raises:
         ConfigError: for every bad argument (search space, sampler, pruner, storage, study name,
@@ -210,6 +229,7 @@ def tune(
         >>> study.best_params                                        # doctest: +SKIP
         {'optimizer.lr': 0.0124...}
     """
+    check_reeval(reeval, reeval_seeds)
     if recipe is not None:
         args = dict(locals())
         from ._staged import RECIPES, tune_staged
@@ -245,6 +265,7 @@ def tune(
     # -- the trials' trainer, seed and run length -------------------------------------------------------
     tk = {**source.trainer_defaults(), **dict(trainer_kwargs or {})}
     _check_trainer_kwargs(tk)
+    space = validate_targets(space, source, tk)  # model./data./trainer. keys against the signatures (_targets.py)
     seed = seed if seed is not None else (source.seed() if source.seed() is not None else 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError("seed", seed, "an integer")
@@ -252,8 +273,9 @@ def tune(
         n_trials = int(defaults.get("n_trials", DEFAULT_TRIALS))
     if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
         raise ConfigError("n_trials", n_trials, "a positive integer")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise ConfigError("timeout", timeout, "a positive number of seconds")
+    for key, value in (("timeout", timeout), ("study_timeout", study_timeout)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ConfigError(key, value, "a positive number of seconds")
     if threads is None:
         threads = defaults.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -295,12 +317,14 @@ def tune(
         storage = launch["url"]
         dist = DistributedContext()  # the trial processes run DDP themselves, if asked
     try:
+        _make_storage_folder(storage, out_root)
         store, display = resolve_storage(storage, out_root, **(launch or {}).get("storage_kwargs", {}))
         name = study_name or pick_study_name(store, source.name, resume)
         attrs = {"optkit.monitor": list(monitors), "optkit.plan": plan.describe()}
         with quiet_lightning(verbose):
             study, resumed = open_study(store, display, name, directions, sampler_obj, pruner_obj, resume=resume,
-                                        attrs=attrs)
+                                        attrs=attrs, first_trials=_first_trials(space, base, first_configs,
+                                                                                 enqueue_base))
     except BaseException as exc:
         if dist.enabled and "LOCAL_RANK" in os.environ:  # torchrun started the other ranks already: release them
             dist.start()
@@ -312,22 +336,15 @@ def tune(
         warnings.warn(f"the search space differs from the one study {name!r} started with; the sampler treats "
                       "changed parameters as new ones", UserWarning, stacklevel=2)
     finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    started_trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                              TrialState.WAITING, TrialState.RUNNING))
-    if not started_trials:
-        if enqueue_base:
-            params, _left_out = space.base_params(base)
-            study.enqueue_trial(params, user_attrs={"optkit.enqueued": "base config"})
-        for i, extra in enumerate(first_configs):
-            params, _left_out = space.base_params(extra)
-            study.enqueue_trial(params, user_attrs={"optkit.enqueued": f"enqueue[{i}]"})
     remaining = None if n_trials is None else max(n_trials - finished, 0)
+    deadline = study_deadline(study, study_timeout)
 
     if launch is not None:
         return _run_launcher(study, plan, launch, display, name, remaining, finished, started, n_trials=n_trials,
                              timeout=timeout, monitors=monitors, directions=directions, progress=progress,
                              plots=plots, summary=summary, tensorboard=tensorboard, catch=catch, verbose=verbose,
-                             max_retries=max_retries, grace_period=grace_period)
+                             max_retries=max_retries, grace_period=grace_period, deadline=deadline,
+                             reeval=(reeval, reeval_seeds))
     with quiet_lightning(verbose):
         dist.start()
     saved_threads = _set_threads(threads)
@@ -338,9 +355,16 @@ def tune(
     try:
         if remaining == 0:
             print(f"optkit tune: study {name!r} already has {finished} finished trials (n_trials={n_trials})", flush=True)
+        elif Budget(None, deadline).expired():
+            print(f"optkit tune: study {name!r} is past its study_timeout: no trial started", flush=True)
         else:
             with quiet_lightning(verbose):
-                study.optimize(runner, n_trials=remaining, timeout=timeout, catch=tuple(catch), callbacks=[reporter])
+                study.optimize(runner, n_trials=remaining, timeout=_time_left(timeout, deadline), catch=tuple(catch),
+                               callbacks=[reporter, _StopWhenFull(n_trials, deadline)])
+        reporter.close()
+        with quiet_lightning(verbose):
+            reevaluate(study, monitors[0], plan.seed, reeval if len(monitors) == 1 else 0, reeval_seeds,
+                       in_process(runner), progress=progress is not False)
     except BaseException as exc:
         error = exc
         raise
@@ -350,8 +374,64 @@ def tune(
         if saved_threads is not None:
             _set_threads(saved_threads)
         _finish(study, plan, display, time.perf_counter() - started, plots=plots, summary=summary,
-                failed=error is not None)
+                failed=error is not None, ran=reporter.done - reporter.failed, n_trials=n_trials,
+                reeval=(reeval, reeval_seeds))
     return study
+
+
+def _time_left(timeout: float | None, deadline: float | None) -> float | None:
+    """This process's ``timeout``, cut to what is left before the study's ``deadline`` (seconds since the epoch)."""
+    if deadline is None:
+        return timeout
+    left = max(deadline - time.time(), 0.001)
+    return left if timeout is None else min(timeout, left)
+
+
+class _StopWhenFull:
+    """An Optuna callback: stop this process when the study holds ``n_trials`` finished-or-running trials on every
+    machine, or its deadline passed (Optuna's ``MaxTrialsCallback``, counting the trials in flight too)."""
+
+    def __init__(self, n_trials: int | None, deadline: float | None) -> None:
+        self.budget = Budget(n_trials, deadline)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.budget.expired() or (self.budget.n_trials is not None
+                                     and sum(held_trials(study)) >= self.budget.n_trials):
+            study.stop()
+
+
+def _storage_file(storage: Any) -> Path | None:
+    """The file an SQLite or journal ``storage`` names (``None`` for a server URL, memory or a storage object)."""
+    if not isinstance(storage, (str, os.PathLike)):
+        return None
+    text = os.fspath(storage).strip()
+    if text.startswith("journal:"):
+        return Path(text.removeprefix("journal:"))
+    if text.startswith("sqlite:///"):
+        path = text.removeprefix("sqlite:///").split("?", 1)[0]
+        return Path(path) if path and path != ":memory:" else None
+    if "://" not in text and text.endswith((".db", ".sqlite", ".sqlite3", ".log", ".jsonl")):
+        return Path(text)
+    return None
+
+
+def _make_storage_folder(storage: Any, out_root: Path) -> None:
+    """Create the folder of a storage file that lies inside ``out_dir`` (``out_dir="X", storage="X/study.db"``)
+    before it is opened; a folder elsewhere is left to the user (a typo there stays an error)."""
+    path = _storage_file(storage)
+    if path is None:
+        return
+    folder, root = path.parent.resolve(), out_root.resolve()
+    if folder == root or root in folder.parents:
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def _first_trials(space: SearchSpace, base: dict[str, Any], configs: Sequence[dict[str, Any]],
+                  enqueue_base: bool) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The ``(params, user_attrs)`` a new study enqueues first: the base config, then ``enqueue=``'s configs."""
+    out = [(space.base_params(base)[0], {"optkit.enqueued": "base config"})] if enqueue_base else []
+    out += [(space.base_params(extra)[0], {"optkit.enqueued": f"enqueue[{i}]"}) for i, extra in enumerate(configs)]
+    return out
 
 
 def _enqueued_configs(base: dict[str, Any], enqueue: Any) -> list[dict[str, Any]]:
@@ -431,7 +511,8 @@ def _run_launcher(study: optuna.Study, plan: TrialPlan, launch: dict[str, Any], 
                   remaining: int | None, finished: int, started: float, *, n_trials: int | None,
                   timeout: float | None, monitors: Sequence[str], directions: Sequence[str], progress: bool | None,
                   plots: bool, summary: bool, tensorboard: bool, catch: Sequence[type[Exception]], verbose: bool,
-                  max_retries: int, grace_period: int | None) -> optuna.Study:
+                  max_retries: int, grace_period: int | None, deadline: float | None,
+                  reeval: tuple[int, int]) -> optuna.Study:
     from ._launcher import Launcher
 
     reporter = ProgressReporter(monitors, directions, total=remaining, timeout=timeout,
@@ -444,24 +525,27 @@ def _run_launcher(study: optuna.Study, plan: TrialPlan, launch: dict[str, Any], 
         print(f"optkit tune: study {name!r} in {display}: {len(slots)} worker process(es), one per trial: {where}",
               flush=True)
     launcher = Launcher(study, launch["url"], plan.out_dir, slots, n_trials=n_trials, timeout=timeout,
-                        max_retries=max_retries, sampler=launch["sampler"], pruner=launch["pruner"],
+                        deadline=deadline, max_retries=max_retries, sampler=launch["sampler"], pruner=launch["pruner"],
                         heartbeat_interval=launch["heartbeat_interval"], grace_period=grace_period,
                         gpu=launch["gpu"], tensorboard=tensorboard, catch=tuple(catch), verbose=verbose,
                         on_trial_end=reporter)
     error: BaseException | None = None
     try:
         if remaining == 0:
-            launcher.recover()
             print(f"optkit tune: study {name!r} already has {finished} finished trials (n_trials={n_trials})", flush=True)
-        else:
-            launcher.run()
+        launcher.keep_server = True  # re-evaluation runs in the same fork server
+        launcher.run()  # with the budget spent: only fails the trials left RUNNING by dead processes
+        reporter.close()
+        reevaluate(study, monitors[0], plan.seed, reeval[0] if len(monitors) == 1 else 0, reeval[1],
+                   launcher.reevaluate, progress=progress is not False)
     except BaseException as exc:
         error = exc
         raise
     finally:
+        launcher.close()
         reporter.close()
         _finish(study, plan, display, time.perf_counter() - started, plots=plots, summary=summary,
-                failed=error is not None)
+                failed=error is not None, ran=launcher.ran, n_trials=n_trials, reeval=reeval)
     return study
 
 
@@ -476,28 +560,33 @@ def _set_threads(threads: int | None) -> int | None:
 
 
 def _finish(study: optuna.Study, plan: TrialPlan, display: str, elapsed: float, *, plots: bool, summary: bool,
-            failed: bool) -> None:
+            failed: bool, ran: int | None = None, n_trials: int | None = None,
+            reeval: tuple[int, int] = (0, 0)) -> None:
     """Write the outputs (also after an error or Ctrl-C, for what finished) and print the summary."""
     out = plan.out_dir
+    report = reeval_report(study, plan.monitors[0], plan.seed, *reeval) if len(plan.monitors) == 1 else None
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     if not finished:
         if summary and not failed:
-            print(format_summary(study, plan, elapsed=elapsed, storage=display))
+            print(format_summary(study, plan, elapsed=elapsed, storage=display, ran=ran, n_trials=n_trials))
         return
-    best_path, reproduce, extras = write_best_config(study, plan, out)
+    best_path, reproduce, extras = write_best_config(study, plan, out, reeval=report)
     csv_path = write_trials_csv(study, plan, out / "trials.csv")
     written, notes = write_plots(study, plan, out / "plots") if plots else ([], [])
     if not summary:
         return
     import yaml
 
-    from ._reports import best_trial, trial_config
+    from ._reports import chosen_trial, trial_config
 
-    lines = ["", format_summary(study, plan, elapsed=elapsed, storage=display), ""]
-    best = best_trial(study)
+    lines = ["", format_summary(study, plan, elapsed=elapsed, storage=display, ran=ran, n_trials=n_trials), ""]
+    if report is not None:
+        lines.extend([*report.lines(), ""])
+    best = chosen_trial(study, report)
     if best is not None and best_path is not None:
         values = ", ".join(f"{m} = {v:.4f}" for m, v in zip(plan.monitors, best.values or []))
-        lines.append(f"best trial {best.number}: {values}")
+        best_line = report.best_line() if report is not None else None
+        lines.append(f"best trial {best.number}: " + (f"{best_line}" if best_line else values))
         lines.append(f"best config ({best_path}):")
         lines.extend("  " + ln for ln in yaml.safe_dump(trial_config(best, plan), sort_keys=False).rstrip().splitlines())
         for i, line in enumerate(reproduce):

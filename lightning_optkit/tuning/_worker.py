@@ -9,8 +9,13 @@ machines and beats while it trains. With ``--devices N > 1`` the trial runs with
 devices -- its GPUs, or N processes on a CPU-only slot (rank 0 owns the trial, as in
 :func:`~lightning_optkit.tuning.tune`; Lightning re-runs this command for the other ranks).
 
+The trial is *claimed* (:func:`~lightning_optkit.tuning._budget.claim_trial`): with ``--trials N``
+the worker asks for one only while the study holds fewer than N finished-or-running trials on every
+machine, and with ``--deadline`` only before that time (``--study-timeout``).
+
 Exit codes: 0 the trial was told (COMPLETE, PRUNED, or FAIL for an exception in ``--catch``);
-3 the trial raised (told FAIL; the launcher stops the study); anything else: the process died.
+3 the trial raised (told FAIL; the launcher stops the study); 4 the budget had no place left (no
+trial was asked for); anything else: the process died.
 """
 
 from __future__ import annotations
@@ -18,12 +23,12 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import socket
 import sys
 import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -39,9 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=int)
     p.add_argument("--grace", type=int)
     p.add_argument("--max-retries", type=int)
+    p.add_argument("--trials", type=int, help="the study's budget: finished-or-running trials on every machine")
+    p.add_argument("--deadline", type=float, help="start no trial after this time (seconds since the epoch)")
     p.add_argument("--catch", action="append", default=[])
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--reeval-trial", type=int, help="re-evaluation: train this finished trial's config again")
+    p.add_argument("--reeval-seed", type=int, help="re-evaluation: with this seed")
+    p.add_argument("--result", help="re-evaluation: write the run's result record (JSON) here")
     return p
 
 
@@ -54,8 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     import optuna
 
+    from ._budget import Budget, claim_trial, process_record
     from ._dist import DistributedContext, Stop
-    from ._launcher import EXIT_TRIAL_ERROR, WORKER_KEY
+    from ._launcher import EXIT_NO_TRIAL, WORKER_KEY
     from ._runner import TrialPlan, TrialRunner, quiet_lightning
     from ._study import redact_url, resolve_storage
 
@@ -95,40 +106,80 @@ def main(argv: Sequence[str] | None = None) -> int:
             runner.follow()
         return 0
 
-    from optuna.storages._heartbeat import fail_stale_trials, get_heartbeat_thread, is_heartbeat_enabled
+    if args.reeval_trial is not None:
+        try:
+            return _reevaluate(study, runner, args)
+        finally:
+            dist.broadcast(Stop(study_name=args.study))
+
+    from optuna.storages._heartbeat import fail_stale_trials, is_heartbeat_enabled
 
     if is_heartbeat_enabled(study._storage):
         fail_stale_trials(study)
-    code = 0
-    with quiet_lightning(args.verbose):
-        trial = study.ask()
-        study._storage.set_trial_user_attr(trial._trial_id, WORKER_KEY, {
-            "token": os.environ.get("OPTKIT_TOKEN"), "host": socket.gethostname(), "pid": os.getpid(),
-            "slot": args.slot, "devices": os.environ.get("CUDA_VISIBLE_DEVICES")})
-        try:
-            try:
-                with get_heartbeat_thread(trial._trial_id, study._storage):
-                    value = runner(trial)
-            except optuna.TrialPruned:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            except Exception as exc:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                caught = any(f"{cls.__module__}.{cls.__qualname__}" in args.catch for cls in type(exc).__mro__)
-                traceback.print_exc()
-                print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-                code = 0 if caught else EXIT_TRIAL_ERROR
-            else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    study.tell(trial, value)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            # another process failed this trial meanwhile (its heartbeat looked stale): a retry is queued
-            print(f"optkit worker: trial {trial.number} was failed by another process; its result is dropped",
-                  file=sys.stderr, flush=True)
-        finally:
-            dist.broadcast(Stop(study_name=args.study))
-    return code
 
+    def record(trial: optuna.trial.Trial) -> None:  # who runs the trial: its liveness record (see _budget.py)
+        study._storage.set_trial_user_attr(trial._trial_id, WORKER_KEY, process_record(
+            token=os.environ.get("OPTKIT_TOKEN"), slot=args.slot, devices=os.environ.get("CUDA_VISIBLE_DEVICES")))
+
+    try:
+        with quiet_lightning(args.verbose):
+            trial = claim_trial(study, Budget(args.trials, args.deadline), record=record)
+        if trial is None:
+            return EXIT_NO_TRIAL
+        with quiet_lightning(args.verbose):
+            return _run(study, trial, runner, args.catch)
+    finally:
+        dist.broadcast(Stop(study_name=args.study))
+
+
+def _reevaluate(study: Any, runner: Any, args: argparse.Namespace) -> int:
+    """Train a finished trial's config with another seed (no trial is asked for); write the result record."""
+    import json
+
+    from .._io import atomic_write_bytes
+    from ._reeval import Job, train_job
+    from ._runner import quiet_lightning
+
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == args.reeval_trial), None)
+    if trial is None or args.reeval_seed is None or not args.result:
+        print(f"optkit worker: no trial {args.reeval_trial} to re-evaluate (or no --reeval-seed/--result)",
+              file=sys.stderr)
+        return 2
+    with quiet_lightning(args.verbose):
+        result = train_job(runner, Job(trial, args.reeval_seed))
+    atomic_write_bytes(Path(args.result), json.dumps(result).encode())
+    return 0
+
+
+def _run(study: Any, trial: Any, runner: Any, catch: Sequence[str]) -> int:
+    """Train the claimed trial (beating while it trains) and tell its result; returns the exit code."""
+    import optuna
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    from ._launcher import EXIT_TRIAL_ERROR
+
+    code = 0
+    try:
+        try:
+            with get_heartbeat_thread(trial._trial_id, study._storage):
+                value = runner(trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        except Exception as exc:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            caught = any(f"{cls.__module__}.{cls.__qualname__}" in catch for cls in type(exc).__mro__)
+            traceback.print_exc()
+            print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            code = 0 if caught else EXIT_TRIAL_ERROR
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                study.tell(trial, value)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # another process failed this trial meanwhile (its heartbeat looked stale): a retry is queued
+        print(f"optkit worker: trial {trial.number} was failed by another process; its result is dropped",
+              file=sys.stderr, flush=True)
+    return code
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -62,7 +62,7 @@ def postgres_server(db: str = "optuna", user: str = "tuner") -> Iterator[str]:
         run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "server.log"), "-w", "-t", "60",
             "start")
         psql = [str(bin_dir / "psql"), "-h", str(root), "-p", str(port), "-U", "postgres", "-v", "ON_ERROR_STOP=1"]
-        run(*psql, "-c", f"CREATE ROLE {user} LOGIN PASSWORD '{PASSWORD}'")
+        run(*psql, "-c", f"CREATE ROLE {user} LOGIN CREATEDB PASSWORD '{PASSWORD}'")
         run(*psql, "-c", f"CREATE DATABASE {db} OWNER {user}")
         yield f"postgresql+psycopg2://{user}:{PASSWORD}@127.0.0.1:{port}/{db}"
     except subprocess.CalledProcessError as exc:
@@ -72,3 +72,23 @@ def postgres_server(db: str = "optuna", user: str = "tuner") -> Iterator[str]:
         if (data / "postmaster.pid").exists():
             run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop", check=False)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def create_database(url: str, name: str) -> str:
+    """Create the empty database ``name`` on the server of ``url`` (its role may create databases); returns its URL.
+
+    Each test that needs an empty database (a first start, a budget counted from zero) gets its own.
+    """
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    parts = make_url(url)
+    conn = psycopg2.connect(host=parts.host, port=parts.port, user=parts.username, password=parts.password,
+                            dbname=parts.database)
+    try:
+        conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        conn.close()
+    return parts.set(database=name).render_as_string(hide_password=False)

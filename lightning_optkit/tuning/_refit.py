@@ -1,0 +1,135 @@
+"""The best config as a complete run: ``optkit fit optkit_tune/<study>/best_config.yaml`` trains it again.
+
+``best_config.yaml`` holds the best trial's optim block under ``optim:`` (so
+:func:`~lightning_optkit.load_config` and ``optkit fit --example/--model`` read it as before) and,
+under ``run:``, everything else the trial trained with::
+
+    optim: {optimizer: {name: adamw, lr: 0.0031}, ...}
+    run:
+      source: {kind: classes, model: pkg.models.Net, data: pkg.data.DataModule, model_args: {}, data_args: {}}
+      model: {n_layers: 2, units: [64, 32], dropout: 0.1}      # the sampled model./data. values
+      data: {batch_size: 32}
+      trainer: {max_epochs: 10, gradient_clip_val: 0.5}         # the study's Trainer arguments + trainer.*
+      seed: 0
+      threads: 1
+
+The source is one of :meth:`ModelSource.describe`'s forms (an example name, model/data class
+paths, a LightningCLI file, an importable factory path). :func:`fit_run` rebuilds it, seeds as the
+trial did, builds model and data with the same values and trains with the same Trainer
+arguments, so the metric of the last validation is the trial's, to the last bit (on the same
+machine and thread count).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, load_config, read_yaml
+from ._space import split_overrides
+
+__all__ = ["fit_run", "read_run", "run_block"]
+
+_PLAIN = (int, float, str, bool, type(None))
+
+
+def run_block(plan: Any, targets: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``run:`` block of a best config: source, sampled model/data values, Trainer arguments, seed.
+
+    Args:
+        plan: the study's :class:`~lightning_optkit.tuning._runner.TrialPlan`.
+        targets: the best trial's sampled ``{"model": ..., "data": ..., "trainer": ...}``.
+    """
+    trainer = {k: v for k, v in plan.trainer_kwargs.items() if isinstance(v, _PLAIN)}
+    trainer.update(copy.deepcopy(dict(targets.get("trainer") or {})))
+    out: dict[str, Any] = {"source": plan.source.describe()}
+    for section in ("model", "data"):
+        if targets.get(section):
+            out[section] = copy.deepcopy(dict(targets[section]))
+    out["trainer"] = trainer
+    out["seed"] = plan.seed
+    if plan.threads is not None:
+        out["threads"] = plan.threads
+    return out
+
+
+def read_run(path: str | Path) -> dict[str, Any] | None:
+    """The ``run:`` block of a YAML file written by ``optkit tune`` (``None`` for a plain optim config).
+
+    Example:
+        >>> read_run("configs/digits.yaml") is None
+        True
+    """
+    data = read_yaml(path)
+    if isinstance(data, Mapping) and "optim" in data and isinstance(data.get("run"), Mapping):
+        return dict(data["run"])
+    return None
+
+
+def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else copy.deepcopy(v)
+    return out
+
+
+def fit_run(path: str | Path, *, overrides: Mapping[str, Any] | None = None, log_dir: str | Path = "optkit_runs",
+            trainer_overrides: Mapping[str, Any] | None = None, quiet: bool = True) -> Any:
+    """Train the run a best config describes; returns the fitted :class:`lightning.Trainer`.
+
+    ``overrides`` are ``--set`` keys: ``optimizer.lr=...`` changes the optim block,
+    ``model.units=[64]``/``data.batch_size=16``/``trainer.max_epochs=3`` the run's arguments.
+
+    Raises:
+        ConfigError: the file has no ``run:`` block, or its source cannot be rebuilt here (a
+            factory defined in ``__main__`` or a lambda, a LightningCLI config given as a dict).
+    """
+    import lightning as L
+    import torch
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from ._runner import TRIAL_DEFAULTS
+    from ._sources import source_from_description
+    from ._targets import build_source
+
+    run = read_run(path)
+    if run is None:
+        raise ConfigError("run", None, "a best config written by optkit tune (with a run: block)")
+    optim_overrides, sets = split_overrides(dict(overrides or {}))
+    source = source_from_description(run.get("source") or {})
+    optim = load_config(path, optim_overrides).to_dict()
+    targets = {s: _merge(run.get(s) or {}, sets[s]) for s in ("model", "data")}
+    trainer_kwargs = {**source.trainer_defaults(), **(run.get("trainer") or {}), **sets["trainer"],
+                      **dict(trainer_overrides or {})}
+    if run.get("threads"):
+        torch.set_num_threads(int(run["threads"]))
+    L.seed_everything(int(run.get("seed", 0)), workers=True, verbose=False)
+    module, data = build_source(source, optim, targets)
+    logger = TensorBoardLogger(save_dir=str(log_dir), name=source.name, default_hp_metric=False)
+    kwargs = {**TRIAL_DEFAULTS, "enable_checkpointing": True, "enable_progress_bar": not quiet,
+              "enable_model_summary": not quiet, **trainer_kwargs, "logger": logger}
+    trainer = L.Trainer(**kwargs)
+    trainer.fit(module, datamodule=data)
+    return trainer
+
+
+def cmd_fit_run(config: str, args: Any, overrides: Mapping[str, Any]) -> int:
+    """``optkit fit BEST_CONFIG.yaml``: train the run, print the validation metrics (the ``fit`` command's path)."""
+    trainer_overrides: dict[str, Any] = {}
+    if getattr(args, "max_epochs", None) is not None:
+        trainer_overrides["max_epochs"] = args.max_epochs
+    if getattr(args, "accelerator", None) is not None:
+        trainer_overrides["accelerator"] = args.accelerator
+    trainer = fit_run(config, overrides=overrides, log_dir=args.log_dir, trainer_overrides=trainer_overrides,
+                      quiet=bool(getattr(args, "quiet", False)))
+    if trainer.interrupted:
+        return 130
+    if trainer.global_rank != 0:
+        return 0
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
+    for key in sorted(metrics, key=lambda k: (k != "val_acc", k)):
+        print(f"{key}: {metrics[key]:.4f}")
+    print(f"logs: {trainer.logger.log_dir}")
+    return 0
