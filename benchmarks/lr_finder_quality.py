@@ -1,259 +1,84 @@
-"""How good are LR-finder suggestions? Normalized regret against an oracle grid, in one run.
+"""How good are LR-finder suggestions on tasks they were not tuned on? Regret against an oracle grid.
 
-Seven small tasks of different kinds (an MLP, a CNN with BatchNorm, an LSTM, a tiny transformer
-with warm-up + cosine, a regression that overfits, a OneCycle task, a linear model with plain SGD;
-Adam, SGD with momentum, RMSprop, AdamW, SGD+Nesterov, plain SGD). For each task:
+30 small tasks (``benchmarks/_lr_tasks.py``: MLPs, CNNs with/without BatchNorm, a residual net,
+RNN/LSTM/GRU, a transformer encoder and a causal LM, autoencoders; classification, regression,
+multi-label; overfitting, label noise, large/small batch; eight optimizers; four schedules), split
+ONCE by a fixed seeded draw (``random.Random(SPLIT_SEED)``) into a development half and a held-out
+half. Rules and constants are chosen on the development half only; the held-out half is reported
+beside it.
 
-1. **Oracle grid**: the task is trained for its full budget at 19 log-spaced LRs (1e-5 .. 10, three
-   per decade) x 2 seeds, with exactly the optimizer and schedule that ``OptimMixin`` builds from the
-   task's optim config; ``L(lr)`` is the final validation loss averaged over the seeds.
-2. **Range tests**, once per seed: optkit's :func:`~lightning_optkit.lr_finder.find_lr` (default
-   settings, 100 steps; every rule read from the same curve) and Lightning's
-   ``Tuner.lr_find().suggestion()`` (its defaults: 1e-8 .. 1, 100 steps), both in a real Lightning
-   Trainer on a LightningModule wrapping the same network.
-3. **Score**: every suggestion is trained like a grid point (seed ``s`` at seed ``s``'s suggestion)
-   and scored by its normalized regret
-   ``(L(suggested) - L(best grid LR)) / (L(smallest grid LR) - L(best))`` clipped to [0, 1]
-   (0: as good as the best grid LR; 1: no better than not training). A diverged run scores 1.
+1. **Oracle grid** (cached): every task trained for its full budget at 21 log-spaced LRs (1e-5 .. 10,
+   0.3 decades apart) x 3 seeds, with exactly the optimizer and schedule ``OptimMixin`` builds from
+   the task's optim config; ``L(lr)`` = mean final validation loss over the seeds (a diverged run is
+   infinite). Grid regret ``r(lr) = (L(lr) - L(best)) / (L(1e-5) - L(best))`` clipped to [0, 1]
+   (0: the best grid LR; 1: no better than not training).
+2. **Range tests** (cached), 3 seeds each: optkit's :func:`find_lr` (default settings: 100 steps,
+   1e-7 .. 10) in a real Lightning Trainer, once on the training loss and once validation-aware
+   (``val_batches=2``: the rules read the held-out loss; its cost is reported); and a plain-torch
+   replica of fastai's ``lr_find``
+   (100 iterations 1e-7 .. 10, exponential, debiased EMA beta 0.98, stop at 4x the best smoothed loss,
+   rules read ``[num_it // 10 : -5]``) for fastai's ``valley`` and ``minimum / 10``.
+3. **Scores**: a suggestion's regret is ``r`` **interpolated linearly in log10(LR)** between grid
+   points (no extra training); a missing suggestion scores 1. Lightning's ``suggestion()`` rule
+   (steepest ``torch.gradient(loss, spacing=lrs)`` of the smoothed curve, skip 10 first / 1 last) is
+   computed on the optkit curve. For optkit rules the scored LR is the recommended (schedule-aware)
+   LR; baselines are used as the constant LR a user would configure. Reported per half: mean,
+   median and worst regret, tasks within 0.1, and the spread (decades) of the 3 seeds' LRs; how
+   often the default's interval holds the best grid LR; coin-flip oracles (a grid LR where one seed
+   succeeds, regret <= 0.1, and another fails, >= 0.5; flagged at the best LR or at > 2 LRs).
+4. ``--tune`` re-chooses ``guarded``'s constants (margin, rise, steepest divisor) and the per-schedule
+   peak exponent on the development half only, and says whether they equal those in ``_rules.py``.
 
-For optkit the LR trained is ``recommended_lr`` (the schedule-aware peak for the warm-up/cosine and
-OneCycle tasks; the suggestion itself for constant LRs); Lightning's suggestion is used as
-``optimizer.lr`` directly, as a Lightning user would. A second table checks the schedule-aware
-peak rule against "peak = suggestion" on the tasks that have a schedule.
-
-Run: ``python benchmarks/lr_finder_quality.py`` (2-3 minutes on 2 CPU cores; ``--tasks a,b``
-runs a subset, ``--json PATH`` also writes every number).
+Cache: ``benchmarks/.cache/lr_finder_quality.json``, one entry per task keyed by a hash of the task's
+code and settings (and of the range-test code for the curves); ``--refresh`` rebuilds everything,
+``--build-only`` fills the cache and stops. Run: ``python benchmarks/lr_finder_quality.py --tune``
+(about 5 minutes with an empty cache on 2 shared CPU cores, seconds from the cache).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import inspect
 import io
 import json
 import logging
 import math
+import os
+import random
 import statistics
 import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _lr_tasks
+from _lr_tasks import TASKS, Task
 
 from lightning_optkit import OptimMixin, build_optimizers, load_config
 from lightning_optkit.config import TrainingLength
-from lightning_optkit.lr_finder import DEFAULT_RULE, RULES, find_lr
+from lightning_optkit.lr_finder import _engine, find_lr
 
-GRID = [10 ** (-5 + k / 3) for k in range(19)]  # 1e-5 .. 10, three per decade
-SEEDS = (0, 1)
+GRID = [10 ** (-5 + 0.3 * k) for k in range(21)]  # 1e-5 .. 10
+SEEDS = (0, 1, 2)
+SPLIT_SEED = 16
+VAL_BATCHES = 2  # held-out batches per step in the validation-aware range tests
 TARGET_WITHIN = 0.1
+PREVIOUS_DEFAULT = "steepest"  # the default rule this benchmark replaced
+CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "lr_finder_quality.json")
 
 
-# --------------------------------------------------------------------------------------------------
-# Tasks
-
-
-@dataclass
-class Data:
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-
-
-@dataclass
-class Task:
-    name: str
-    kind: str
-    data: Callable[[], Data]
-    model: Callable[[], nn.Module]
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    optim: dict[str, Any]
-    batch_size: int
-    epochs: int
-    _cache: Data | None = field(default=None, repr=False)
-
-    def get_data(self) -> Data:
-        if self._cache is None:
-            self._cache = self.data()
-        return self._cache
-
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.get_data().x_train) / self.batch_size)
-
-
-def _digits(images: bool = False, sequences: bool = False) -> Callable[[], Data]:
-    def make() -> Data:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-
-        x, y = load_digits(return_X_y=True)
-        xtr, xva, ytr, yva = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
-        mean, std = xtr.mean(0), xtr.std(0)
-        std[std == 0] = 1.0
-        xtr, xva = (xtr - mean) / std, (xva - mean) / std
-        shape = (-1, 1, 8, 8) if images else (-1, 8, 8) if sequences else (-1, 64)
-        return Data(torch.tensor(xtr, dtype=torch.float32).reshape(shape), torch.tensor(ytr),
-                    torch.tensor(xva, dtype=torch.float32).reshape(shape), torch.tensor(yva))
-
-    return make
-
-
-def _markov() -> Data:
-    g = torch.Generator().manual_seed(0)
-    vocab, length = 16, 17
-    trans = torch.distributions.Dirichlet(torch.full((vocab,), 0.2)).sample((vocab,))
-    # a second-order twist: the next token also depends on the token two back (needs attention)
-    trans2 = torch.distributions.Dirichlet(torch.full((vocab,), 0.2)).sample((vocab,))
-
-    def sample(n: int) -> torch.Tensor:
-        seq = torch.zeros(n, length, dtype=torch.long)
-        seq[:, 0] = torch.randint(vocab, (n,), generator=g)
-        seq[:, 1] = torch.multinomial(trans[seq[:, 0]], 1, generator=g).squeeze(1)
-        for t in range(2, length):
-            probs = 0.5 * trans[seq[:, t - 1]] + 0.5 * trans2[seq[:, t - 2]]
-            seq[:, t] = torch.multinomial(probs, 1, generator=g).squeeze(1)
-        return seq
-
-    torch.manual_seed(0)
-    train, val = sample(1024), sample(256)
-    return Data(train[:, :-1], train[:, 1:], val[:, :-1], val[:, 1:])
-
-
-def _overfit_regression() -> Data:
-    g = torch.Generator().manual_seed(0)
-    d = 20
-    w = torch.randn(d, 1, generator=g)
-    x = torch.randn(48 + 200, d, generator=g)
-    y = torch.tanh(x @ w / math.sqrt(d)) * 2 + 0.6 * torch.randn(len(x), 1, generator=g)
-    return Data(x[:48], y[:48], x[48:], y[48:])
-
-
-def _spirals() -> Data:
-    rng = np.random.default_rng(0)
-    n, k = 300, 3
-    xs, ys = [], []
-    for c in range(k):
-        r = np.linspace(0.05, 1.0, n)
-        t = np.linspace(c * 4.0, c * 4.0 + 4.5, n) + rng.normal(0, 0.25, n)
-        xs.append(np.stack([r * np.sin(t), r * np.cos(t)], 1))
-        ys.append(np.full(n, c))
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    perm = rng.permutation(len(x))
-    x, y = x[perm], y[perm]
-    split = int(0.75 * len(x))
-    t = torch.tensor
-    return Data(t(x[:split], dtype=torch.float32), t(y[:split]), t(x[split:], dtype=torch.float32), t(y[split:]))
-
-
-def _cancer() -> Data:
-    from sklearn.datasets import load_breast_cancer
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_breast_cancer(return_X_y=True)
-    xtr, xva, ytr, yva = train_test_split(x, y, test_size=0.3, stratify=y, random_state=0)
-    mean, std = xtr.mean(0), xtr.std(0)
-    xtr, xva = (xtr - mean) / std, (xva - mean) / std
-    t = torch.tensor
-    return Data(t(xtr, dtype=torch.float32), t(ytr), t(xva, dtype=torch.float32), t(yva))
-
-
-class ConvNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        )
-        self.head = nn.Linear(32 * 16, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).flatten(1))
-
-
-class RowLSTM(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(8, 48, batch_first=True)
-        self.head = nn.Linear(48, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(x)
-        return self.head(out[:, -1])
-
-
-class TinyLM(nn.Module):
-    def __init__(self, vocab: int = 16, dim: int = 32, length: int = 16) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
-        self.pos = nn.Parameter(torch.randn(1, length, dim) * 0.02)
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(dim, 2, 2 * dim, dropout=0.0, batch_first=True, norm_first=True) for _ in range(2)
-        )
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, vocab)
-        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(length), persistent=False)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        h = self.embed(tokens) + self.pos[:, : tokens.shape[1]]
-        for block in self.blocks:
-            h = block(h, src_mask=self.mask, is_causal=True)
-        return self.head(self.norm(h))
-
-
-def _ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-
-
-def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return nn.functional.mse_loss(out, y)
-
-
-def _bce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return nn.functional.binary_cross_entropy_with_logits(out.squeeze(1), y.float())
-
-
-def _mlp(*sizes: int, act: type[nn.Module] = nn.ReLU) -> Callable[[], nn.Module]:
-    def make() -> nn.Module:
-        layers: list[nn.Module] = []
-        for a, b in zip(sizes[:-1], sizes[1:]):
-            layers += [nn.Linear(a, b), act()]
-        return nn.Sequential(*layers[:-1])
-
-    return make
-
-
-TASKS = [
-    Task("mlp_adam", "MLP, digits, Adam, constant LR", _digits(), _mlp(64, 128, 10), _ce,
-         {"optimizer": {"name": "adam"}}, batch_size=64, epochs=8),
-    Task("cnn_bn_sgd", "CNN + BatchNorm, digits, SGD momentum 0.9", _digits(images=True), ConvNet, _ce,
-         {"optimizer": {"name": "sgd", "momentum": 0.9}}, batch_size=64, epochs=6),
-    Task("lstm_rmsprop", "LSTM over digit rows, RMSprop", _digits(sequences=True), RowLSTM, _ce,
-         {"optimizer": {"name": "rmsprop"}}, batch_size=64, epochs=8),
-    Task("transformer_warmup_cosine", "2-layer transformer LM, AdamW, warm-up 10% + cosine", _markov, TinyLM, _ce,
-         {"optimizer": {"name": "adamw", "weight_decay": 0.01},
-          "scheduler": {"name": "warmup_cosine", "warmup": "10%", "min_lr_ratio": 0.01}},
-         batch_size=32, epochs=6),
-    Task("regression_overfit", "wide MLP on 48 noisy points (overfits), Adam", _overfit_regression,
-         _mlp(20, 256, 256, 1), _mse, {"optimizer": {"name": "adam"}}, batch_size=16, epochs=80),
-    Task("spirals_onecycle", "MLP on 3 spirals, SGD Nesterov + OneCycle", _spirals, _mlp(2, 64, 64, 3), _ce,
-         {"optimizer": {"name": "nesterov"}, "scheduler": {"name": "onecycle"}}, batch_size=32, epochs=12),
-    Task("logreg_sgd", "logistic regression, breast cancer, plain SGD", _cancer, _mlp(30, 1), _bce,
-         {"optimizer": {"name": "sgd"}}, batch_size=32, epochs=8),
-]
-
-
-# --------------------------------------------------------------------------------------------------
-# Training (the oracle, and every suggestion)
-
+# ------------------------------------------------------------------------------------ training
 
 def _length(task: Task) -> TrainingLength:
     per = task.steps_per_epoch()
@@ -292,26 +117,63 @@ def train(task: Task, lr: float, seed: int) -> float:
     return val if math.isfinite(val) else math.inf
 
 
-class Scores:
-    """Cached training runs: ``L(lr)`` = mean over seeds of the final validation loss."""
+# --------------------------------------------------------------------------------- cache keys
 
-    def __init__(self, task: Task) -> None:
-        self.task = task
-        self.runs: dict[tuple[float, int], float] = {}
-
-    def run(self, lr: float, seed: int) -> float:
-        key = (float(f"{lr:.6g}"), seed)
-        if key not in self.runs:
-            self.runs[key] = train(self.task, key[0], seed)
-        return self.runs[key]
-
-    def grid(self) -> list[float]:
-        return [statistics.fmean(self.run(lr, s) for s in SEEDS) for lr in GRID]
+def _src(obj: Any) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return repr(obj)
 
 
-# --------------------------------------------------------------------------------------------------
-# Range tests in a real Lightning Trainer
+def task_key(task: Task) -> str:
+    """Hash of the task's code (data, model, loss, the module's classes), settings, grid and trainer."""
+    classes = "".join(_src(v) for v in vars(_lr_tasks).values() if inspect.isclass(v) and v.__module__ == "_lr_tasks")
+    parts = [task.settings(), getattr(task.data, "__qualname__", ""), _src(task.data),
+             getattr(task.model, "__qualname__", ""), _src(task.model), _src(task.loss), classes,
+             _src(train), repr(GRID), repr(SEEDS), torch.__version__]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
+
+def curve_key(task: Task) -> str:
+    """Task key plus the range-test code (optkit's sweep and the fastai replica)."""
+    parts = [task_key(task), _src(_engine._Sweep), _src(_engine.sweep_lrs), _src(fastai_curve), _src(optkit_curve),
+             repr(VAL_BATCHES)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def load_cache() -> dict[str, Any]:
+    if os.path.exists(CACHE):
+        with open(CACHE, encoding="utf-8") as fh:
+            return json.load(fh)
+    return {"oracle": {}, "curves": {}}
+
+
+def save_cache(cache: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(CACHE), exist_ok=True)
+    tmp = CACHE + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(cache, fh, separators=(",", ":"), default=lambda v: None)
+    os.replace(tmp, CACHE)
+
+
+def _finite(values: list[float]) -> list[float | None]:
+    return [v if math.isfinite(v) else None for v in values]
+
+
+def oracle(task: Task, cache: dict[str, Any], refresh: bool) -> dict[str, Any]:
+    key = task_key(task)
+    entry = cache["oracle"].get(task.name)
+    if entry is None or entry["key"] != key or refresh:
+        t0 = time.perf_counter()
+        losses = [_finite([train(task, lr, s) for lr in GRID]) for s in SEEDS]
+        entry = {"key": key, "losses": losses, "seconds_per_run": (time.perf_counter() - t0) / (len(GRID) * len(SEEDS))}
+        cache["oracle"][task.name] = entry
+        save_cache(cache)
+    return entry
+
+
+# ------------------------------------------------------------------------------- range tests
 
 class Wrapped(OptimMixin, L.LightningModule):
     def __init__(self, task: Task, seed: int) -> None:
@@ -325,155 +187,382 @@ class Wrapped(OptimMixin, L.LightningModule):
         x, y = batch
         return self.loss(self.net(x), y)
 
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return self.loss(self.net(x), y)
 
-def _loader(task: Task, seed: int) -> DataLoader:
+
+def optkit_curve(task: Task, seed: int, root: str, val_batches: int = 0) -> dict[str, Any]:
+    """optkit's default range test in a real Trainer (max_epochs = the task's, so the schedule is known);
+    with ``val_batches`` the held-out loss on that many validation batches is measured after every step."""
     data = task.get_data()
-    return DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=task.batch_size, shuffle=True,
-                      generator=torch.Generator().manual_seed(seed))
-
-
-def _trainer_kwargs(task: Task, root: str) -> dict[str, Any]:
-    return dict(accelerator="cpu", devices=1, max_epochs=task.epochs, logger=False, enable_checkpointing=False,
-                enable_progress_bar=False, enable_model_summary=False, default_root_dir=root)
-
-
-def optkit_test(task: Task, seed: int, root: str) -> dict[str, Any]:
+    loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=task.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    val = DataLoader(TensorDataset(data.x_val, data.y_val), batch_size=max(task.batch_size, 32)) if val_batches else None
+    kwargs = dict(accelerator="cpu", devices=1, max_epochs=task.epochs, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+                  num_sanity_val_steps=0)
     torch.manual_seed(seed)
-    result = find_lr(Wrapped(task, seed), _loader(task, seed), trainer_kwargs=_trainer_kwargs(task, root))
-    factor = result.peak_factor
-    return {"suggestions": result.suggestions, "factor": factor, "schedule": result.schedule,
-            "curve": {"lrs": result.lrs, "losses": result.losses}}
-
-
-def lightning_test(task: Task, seed: int, root: str) -> float | None:
-    from lightning.pytorch.tuner import Tuner
-
-    torch.manual_seed(seed)
-    trainer = L.Trainer(**_trainer_kwargs(task, root))
-    with contextlib.redirect_stderr(io.StringIO()):
-        finder = Tuner(trainer).lr_find(Wrapped(task, seed), train_dataloaders=_loader(task, seed), update_attr=False)
-    return None if finder is None else finder.suggestion()
-
-
-# --------------------------------------------------------------------------------------------------
-# Scoring and the report
-
-
-def regret(value: float, best: float, worst: float) -> float:
-    if not math.isfinite(value):
-        return 1.0
-    span = worst - best
-    if span <= 0:
-        return 0.0
-    return min(max((value - best) / span, 0.0), 1.0)
-
-
-def evaluate(task: Task, root: str, log: Callable[[str], None]) -> dict[str, Any]:
-    scores = Scores(task)
     t0 = time.perf_counter()
-    grid = scores.grid()
-    best_i = min(range(len(GRID)), key=lambda i: grid[i])
-    best, worst = grid[best_i], grid[0]
-    log(f"  grid done in {time.perf_counter() - t0:.0f}s: best lr {GRID[best_i]:.3g} (L={best:.4f}), "
-        f"L(smallest)={worst:.4f}")
-    tests = {s: optkit_test(task, s, root) for s in SEEDS}
-    light = {s: lightning_test(task, s, root) for s in SEEDS}
-    columns: dict[str, dict[int, float | None]] = {"lightning": light}
-    for rule in RULES:
-        columns[rule] = {s: _times(tests[s]["suggestions"][rule], tests[s]["factor"]) for s in SEEDS}
-    has_schedule = any(tests[s]["schedule"] != "constant" for s in SEEDS)
-    if has_schedule:  # the schedule-aware rule against "peak = suggestion", for the default rule
-        columns[f"{DEFAULT_RULE} (peak = suggestion)"] = {s: tests[s]["suggestions"][DEFAULT_RULE] for s in SEEDS}
-    out: dict[str, Any] = {"best_lr": GRID[best_i], "L_best": best, "L_smallest": worst, "grid": grid,
-                           "schedule": tests[0]["schedule"], "factor": [tests[s]["factor"] for s in SEEDS],
-                           "lrs": {}, "L": {}, "regret": {}, "curves": {s: tests[s]["curve"] for s in SEEDS}}
-    for name, per_seed in columns.items():
-        values = [math.inf if lr is None else scores.run(lr, s) for s, lr in per_seed.items()]
-        value = statistics.fmean(values) if all(math.isfinite(v) for v in values) else math.inf
-        out["lrs"][name] = [per_seed[s] for s in SEEDS]
-        out["L"][name] = value
-        out["regret"][name] = regret(value, best, worst)
-    log(f"  done in {time.perf_counter() - t0:.0f}s ({len(scores.runs)} training runs)")
-    return out
+    with contextlib.redirect_stderr(io.StringIO()):
+        result = find_lr(Wrapped(task, seed), loader, val, val_batches=val_batches, trainer_kwargs=kwargs)
+    return {"lrs": result.lrs, "losses": _finite(result.losses), "diverged_at": result.diverged_at,
+            "schedule": result.schedule, "factor": result.peak_factor, "seconds": time.perf_counter() - t0,
+            "val_losses": None if result.val_losses is None else _finite(result.val_losses)}
 
 
-def _times(lr: float | None, factor: float) -> float | None:
-    return None if lr is None else lr * factor
+def fastai_curve(task: Task, seed: int, start: float = 1e-7, end: float = 10.0, num_it: int = 100) -> dict[str, Any]:
+    """A plain-torch replica of fastai's ``Learner.lr_find`` recording (smoothed loss per LR)."""
+    data = task.get_data()
+    torch.manual_seed(seed)
+    model = task.model()
+    cfg = load_config({"optimizer": task.optim["optimizer"]}, {"optimizer.lr": start})
+    optimizer = build_optimizers(model, cfg)
+    gen = torch.Generator().manual_seed(seed)
+    n, it, avg, best = len(data.x_train), 0, 0.0, math.inf
+    lrs: list[float] = []
+    losses: list[float] = []
+    model.train()
+    while it < num_it:
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, task.batch_size):
+            lr = start * (end / start) ** (it / num_it)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            idx = perm[i: i + task.batch_size]
+            loss = task.loss(model(data.x_train[idx]), data.y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            it += 1
+            avg = 0.98 * avg + 0.02 * float(loss)
+            smooth = avg / (1 - 0.98 ** it)
+            lrs.append(lr)
+            losses.append(smooth)
+            best = min(best, smooth)
+            if not math.isfinite(smooth) or smooth > 4 * best or it >= num_it:
+                return {"lrs": lrs, "losses": _finite(losses)}
+    return {"lrs": lrs, "losses": _finite(losses)}
 
 
-def _fmt_lr(values: list[float | None]) -> str:
-    return "/".join("-" if v is None else f"{v:.1e}" for v in values)
+def curves(task: Task, cache: dict[str, Any], refresh: bool, root: str) -> dict[str, Any]:
+    key = curve_key(task)
+    entry = cache["curves"].get(task.name)
+    if entry is None or entry["key"] != key or refresh:
+        t0 = time.perf_counter()
+        entry = {"key": key, "optkit": [optkit_curve(task, s, root) for s in SEEDS],
+                 "fastai": [fastai_curve(task, s) for s in SEEDS],
+                 "optkit_val": [optkit_curve(task, s, root, VAL_BATCHES) for s in SEEDS]}
+        entry["seconds"] = time.perf_counter() - t0
+        cache["curves"][task.name] = entry
+        save_cache(cache)
+    return entry
 
 
-def report(results: dict[str, dict[str, Any]]) -> str:
-    names = ["lightning", *RULES]
-    lines = []
-    head = f"{'task':<27}" + "".join(f"{n:>16}" for n in ["lightning", *[f"{r}{'*' if r == DEFAULT_RULE else ''}" for r in RULES]])
-    lines.append("normalized regret (0 = best grid LR, 1 = no better than the smallest grid LR); * = optkit default")
-    lines.append(head)
-    for task, res in results.items():
-        lines.append(f"{task:<27}" + "".join(f"{res['regret'][n]:>16.3f}" for n in names))
-    lines.append("-" * len(head))
-    mean = {n: statistics.fmean(r["regret"][n] for r in results.values()) for n in names}
-    within = {n: sum(r["regret"][n] <= TARGET_WITHIN for r in results.values()) for n in names}
-    beats = {n: sum(r["regret"][n] <= r["regret"]["lightning"] + 1e-9 for r in results.values()) for n in names}
-    lines.append(f"{'mean regret':<27}" + "".join(f"{mean[n]:>16.3f}" for n in names))
-    lines.append(f"{'tasks with regret <= 0.1':<27}" + "".join(f"{f'{within[n]}/{len(results)}':>16}" for n in names))
-    lines.append(f"{'tasks not worse than Light.':<27}" + "".join(f"{f'{beats[n]}/{len(results)}':>16}" for n in names))
-    lines.append("")
-    lines.append("LR per seed (seed 0/seed 1; optkit: the recommended LR, schedule-aware) and the oracle's best grid LR")
-    lines.append(f"{'task':<27}{'best grid':>10}" + "".join(f"{n:>20}" for n in names))
-    for task, res in results.items():
-        lines.append(f"{task:<27}{res['best_lr']:>10.1e}" + "".join(f"{_fmt_lr(res['lrs'][n]):>20}" for n in names))
-    sched = {t: r for t, r in results.items() if r["schedule"] != "constant"}
-    if sched:
-        lines.append("")
-        lines.append(f"schedule-aware peak rule ({DEFAULT_RULE}): regret with peak = suggestion x factor vs peak = suggestion")
-        for task, res in sched.items():
-            plain = res["regret"][f"{DEFAULT_RULE} (peak = suggestion)"]
-            lines.append(f"  {task:<27} {res['schedule']:<14} factor {statistics.fmean(res['factor']):.2f}: "
-                         f"regret {res['regret'][DEFAULT_RULE]:.3f} (schedule-aware) vs {plain:.3f} (peak = suggestion)")
-    target = mean[DEFAULT_RULE] <= 0.1 and within[DEFAULT_RULE] >= math.ceil(0.85 * len(results)) \
-        and beats[DEFAULT_RULE] == len(results)
-    lines.append("")
-    lines.append(f"default rule '{DEFAULT_RULE}': mean regret {mean[DEFAULT_RULE]:.3f} (target <= 0.1), "
-                 f"{within[DEFAULT_RULE]}/{len(results)} tasks within 0.1 (target >= 85%), not worse than Lightning on "
-                 f"{beats[DEFAULT_RULE]}/{len(results)} (target: all) -> {'targets met' if target else 'targets NOT met'}")
-    return "\n".join(lines)
+# ---------------------------------------------------------------------------------- the split
+
+def split(tasks: list[Task]) -> tuple[list[str], list[str]]:
+    """The development and held-out halves: one seeded draw over the sorted task names."""
+    names = sorted(t.name for t in tasks)
+    dev = set(random.Random(SPLIT_SEED).sample(names, len(names) // 2))
+    return [n for n in names if n in dev], [n for n in names if n not in dev]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write every number as JSON")
-    args = parser.parse_args(argv)
+def _quiet() -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_optkit"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    tasks = TASKS
-    if args.tasks:
-        wanted = set(args.tasks.split(","))
-        unknown = wanted - {t.name for t in TASKS}
-        if unknown:
-            parser.error(f"unknown task(s) {sorted(unknown)}; tasks: {', '.join(t.name for t in TASKS)}")
-        tasks = [t for t in TASKS if t.name in wanted]
+
+
+def build(tasks: list[Task], refresh: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """Fill the cache (oracle grids first, then range-test curves); returns it."""
+    cache = load_cache()
+    for task in tasks:
+        t0 = time.perf_counter()
+        entry = oracle(task, cache, refresh)
+        log(f"oracle {task.name}: {entry['seconds_per_run']:.3f}s per run ({time.perf_counter() - t0:.0f}s)")
+    with tempfile.TemporaryDirectory() as root:
+        for task in tasks:
+            t0 = time.perf_counter()
+            curves(task, cache, refresh, root)
+            log(f"curves {task.name}: {time.perf_counter() - t0:.0f}s")
+    return cache
+
+
+# ------------------------------------------------------------------------------------- scoring
+
+def grid_regret(entry: dict[str, Any]) -> np.ndarray:
+    """Regret of every grid LR from the seed-mean final validation loss (diverged: 1)."""
+    per_seed = np.array([[math.inf if v is None else v for v in row] for row in entry["losses"]])
+    mean = per_seed.mean(0)
+    best, worst = float(np.min(mean)), float(mean[0])
+    span = worst - best
+    out = np.where(np.isfinite(mean), (mean - best) / span if span > 0 else 0.0, 1.0)
+    return np.clip(out, 0.0, 1.0)
+
+
+def coin_flips(entry: dict[str, Any]) -> list[float]:
+    """Grid LRs where one seed succeeds (regret <= 0.1) and another fails (>= 0.5), same normalisation."""
+    per_seed = np.array([[math.inf if v is None else v for v in row] for row in entry["losses"]])
+    mean = per_seed.mean(0)
+    best, worst = float(np.min(mean)), float(mean[0])
+    span = max(worst - best, 1e-12)
+    r = np.clip(np.where(np.isfinite(per_seed), (per_seed - best) / span, 1.0), 0.0, 1.0)
+    return [GRID[i] for i in range(len(GRID)) if r[:, i].min() <= 0.1 and r[:, i].max() >= 0.5]
+
+
+def regret_at(regrets: np.ndarray, lr: float | None) -> float:
+    """Grid regret interpolated linearly in log10(LR) (clamped to the grid's ends); ``None`` scores 1."""
+    if lr is None or not math.isfinite(lr) or lr <= 0:
+        return 1.0
+    return float(np.interp(math.log10(lr), np.log10(GRID), regrets))
+
+
+def lightning_rule(curve: dict[str, Any]) -> float | None:
+    """Lightning's ``_LRFinder.suggestion()`` on a curve: steepest ``torch.gradient`` against linear LR."""
+    from lightning_optkit.lr_finder import Curve
+
+    c = Curve.from_losses(curve["lrs"], [math.nan if v is None else v for v in curve["losses"]],
+                          diverged_at=curve["diverged_at"])
+    end = min(len(c.lrs), c.stop + 1)
+    sm = c.smoothed[:end]
+    keep = np.isfinite(sm)
+    losses, lrs = torch.tensor(sm[keep][10:-1]), torch.tensor(c.lrs[:end][keep][10:-1])
+    if len(losses) < 2:
+        return None
+    grad = torch.gradient(losses, spacing=[lrs])[0]
+    return float(lrs[int(torch.argmin(grad))])
+
+
+def fastai_rules(curve: dict[str, Any]) -> dict[str, float | None]:
+    """fastai's ``valley`` and ``minimum`` (LR at the minimum / 10) on its own curve, ``[n // 10 : -5]``."""
+    n = 100
+    lrs = np.array(curve["lrs"][n // 10: -5])
+    losses = np.array([math.nan if v is None else v for v in curve["losses"][n // 10: -5]])
+    keep = np.isfinite(losses)
+    lrs, losses = lrs[keep], losses[keep]
+    if len(losses) < 2:
+        return {"fastai_valley": None, "fastai_min10": None}
+    length = [1] * len(losses)
+    for i in range(1, len(losses)):
+        for j in range(i):
+            if losses[i] < losses[j] and length[i] < length[j] + 1:
+                length[i] = length[j] + 1
+    end = int(np.argmax(length))
+    begin = end - length[end]
+    third = (end - begin) / 3
+    idx = begin + int(third) + int(third / 2)
+    return {"fastai_valley": float(lrs[idx]), "fastai_min10": float(lrs[int(np.argmin(losses))] / 10)}
+
+
+def _curve(c: dict[str, Any]) -> Any:
+    """The curve optkit's rules read (the held-out loss for the validation-aware range tests)."""
+    from lightning_optkit.lr_finder._rules import rules_curve
+
+    def nan(values: list[float | None] | None) -> list[float] | None:
+        return None if values is None else [math.nan if v is None else v for v in values]
+
+    return rules_curve(c["lrs"], nan(c["losses"]), nan(c.get("val_losses")), diverged_at=c["diverged_at"])
+
+
+def optkit_pick(rule: str, source: str = "optkit", **kw: Any) -> Callable[[dict[str, Any], int], float | None]:
+    """The LR optkit recommends with ``rule``: old rules times the schedule factor, ``guarded`` via ``schedule_peak``."""
+    from lightning_optkit.lr_finder import _rules
+
+    def pick(entry: dict[str, Any], seed: int) -> float | None:
+        c = entry[source][seed]
+        curve = _curve(c)
+        if _rules.diverged_at_once(curve):  # find_lr gives no suggestion then
+            return None
+        if rule != "guarded":
+            lr = _rules.RULES[rule].fn(curve)
+            return None if lr is None else lr * c["factor"]
+        lr = _rules.guarded(curve, **{k: v for k, v in kw.items() if k in ("margin", "rise", "steepest_divisor")})
+        if lr is None or c["schedule"] in ("constant",):
+            return lr
+        peak_kw = {k: v for k, v in kw.items() if k in ("margin", "rise")}
+        saved = dict(_rules.PEAK_EXPONENT)
+        _rules.PEAK_EXPONENT.update(kw.get("exponents", {}))
+        try:
+            return _rules.schedule_peak(curve, lr, c["factor"], c["schedule"], **peak_kw)
+        finally:
+            _rules.PEAK_EXPONENT.clear()
+            _rules.PEAK_EXPONENT.update(saved)
+
+    return pick
+
+
+def candidates() -> dict[str, Callable[[dict[str, Any], int], float | None]]:
+    """Baselines and optkit's rules, each a function (task entry, seed) -> LR to train at."""
+    out: dict[str, Callable[[dict[str, Any], int], float | None]] = {
+        "lightning": lambda e, s: lightning_rule(e["optkit"][s]),
+        "fastai_valley": lambda e, s: fastai_rules(e["fastai"][s])["fastai_valley"],
+        "fastai_min10": lambda e, s: fastai_rules(e["fastai"][s])["fastai_min10"],
+    }
+    for rule in ("steepest", "valley", "minimum", "median", "guarded"):
+        out[rule] = optkit_pick(rule)
+    out[f"guarded+val{VAL_BATCHES}"] = optkit_pick("guarded", source="optkit_val")
+    return out
+
+
+def score(cache: dict[str, Any], names: list[str], pick: Callable[[dict[str, Any], int], float | None]) -> dict[str, Any]:
+    """Per task: mean regret over the 3 range-test seeds, the LRs, their spread in decades."""
+    out = {}
+    for name in names:
+        regrets = grid_regret(cache["oracle"][name])
+        lrs = [pick(cache["curves"][name], i) for i in range(len(SEEDS))]
+        found = [lr for lr in lrs if lr is not None and lr > 0]
+        spread = math.log10(max(found) / min(found)) if len(found) > 1 else math.nan
+        out[name] = {"regret": statistics.fmean(regret_at(regrets, lr) for lr in lrs), "lrs": lrs, "spread": spread}
+    return out
+
+
+def summary(per_task: dict[str, Any]) -> dict[str, float]:
+    r = [v["regret"] for v in per_task.values()]
+    spreads = [v["spread"] for v in per_task.values() if math.isfinite(v["spread"])]
+    return {"mean": statistics.fmean(r), "median": statistics.median(r), "worst": max(r),
+            "within": sum(x <= TARGET_WITHIN for x in r), "n": len(r),
+            "spread": statistics.fmean(spreads) if spreads else math.nan}
+
+
+def tune(cache: dict[str, Any], dev: list[str], log: Callable[[str], None]) -> dict[str, Any]:
+    """Choose ``guarded``'s margin, rise and steepest divisor, then each schedule's peak exponent, on the
+    development half (scheduled tasks score the constant suggestion in the first step)."""
+    trials = {}
+    for margin in (2.0, 3.0, 4.0, 6.0, 8.0, 12.0):
+        for rise in (0.05, 0.1, 0.25, 0.5):
+            for div in (1.0, 2.0, 3.0, 4.0):
+                s = summary(score(cache, dev, _constant(optkit_pick("guarded", margin=margin, rise=rise,
+                                                                    steepest_divisor=div))))
+                trials[(margin, rise, div)] = (-s["within"], round(s["mean"], 3))
+    ranked = sorted(trials, key=lambda k: trials[k])
+    for k in ranked[:8]:
+        log(f"  tune margin {k[0]:>4} rise {k[1]:<4} steepest/{k[2]:.0f}: mean {trials[k][1]:.3f}, "
+            f"within {-trials[k][0]}/{len(dev)}")
+    margin, rise, div = ranked[0]
+    exponents: dict[str, float] = {}
+    for kind in sorted({cache["curves"][n]["optkit"][0]["schedule"] for n in dev} - {"constant"}):
+        names = [n for n in dev if cache["curves"][n]["optkit"][0]["schedule"] == kind]
+        peaks = {a: summary(score(cache, names, optkit_pick("guarded", margin=margin, rise=rise, steepest_divisor=div,
+                                                            exponents={kind: a})))["mean"] for a in (0.0, 0.5, 1.0)}
+        # leave the mean-LR rule (exponent 1) only for a gain of at least 0.01 mean regret
+        exponents[kind] = min(peaks, key=lambda a: peaks[a] + (0.0 if a == 1.0 else 0.01))
+        log(f"  peak exponent for {kind} ({len(names)} dev tasks): " +
+            ", ".join(f"{a}: {m:.3f}" for a, m in peaks.items()) + f" -> {exponents[kind]}")
+    return {"margin": margin, "rise": rise, "steepest_divisor": div, "exponents": exponents}
+
+
+def _constant(pick: Callable[[dict[str, Any], int], float | None]) -> Callable[[dict[str, Any], int], float | None]:
+    """``pick`` with every task read as constant-LR (the suggestion itself, no schedule peak)."""
+    def constant(entry: dict[str, Any], seed: int) -> float | None:
+        seeds = [{**c, "schedule": "constant", "factor": 1.0} for c in entry["optkit"]]
+        return pick({**entry, "optkit": seeds}, seed)
+
+    return constant
+
+
+def _row(label: str, d: dict[str, float], h: dict[str, float]) -> str:
+    def cells(s: dict[str, float]) -> str:
+        return (f"{s['mean']:>6.3f} {s['median']:>6.3f} {s['worst']:>6.3f} {str(s['within']) + '/' + str(s['n']):>6} "
+                f"{s['spread']:>6.2f}")
+    return f"| {label:<22} | {cells(d)} | {cells(h)} |"
+
+
+def report(cache: dict[str, Any], dev: list[str], held: list[str], tasks: dict[str, Task]) -> str:
+    cands = candidates()
+    per = {c: (score(cache, dev, f), score(cache, held, f)) for c, f in cands.items()}
+    head = "mean    med  worst  <=0.1 spread"
+    lines = ["regret (0 = best grid LR, 1 = no better than LR 1e-5), mean over 3 range-test seeds; spread = decades "
+             "between the 3 seeds' LRs", f"| {'rule':<22} | dev: {head} | held-out: {head} |"]
+    for c, (d, h) in per.items():
+        label = c + (" (default)" if c == _default() else " (before)" if c == PREVIOUS_DEFAULT else "")
+        lines.append(_row(label, summary(d), summary(h)))
+    for label, names, idx in (("held-out", held, 1), ("development", dev, 0)):
+        lines += ["", f"per task ({label} half): regret of each rule; oracle's best grid LR"]
+        lines.append(f"{'task':<30}{'best':>9}" + "".join(f"{c[:13]:>14}" for c in cands))
+        for n in names:
+            best = GRID[int(np.argmin(grid_regret(cache["oracle"][n])))]
+            lines.append(f"{n:<30}{best:>9.1e}" + "".join(f"{per[c][idx][n]['regret']:>14.3f}" for c in cands))
+    seconds = {src: statistics.fmean(c["seconds"] for n in [*dev, *held] for c in cache["curves"][n][src])
+               for src in ("optkit", "optkit_val")}
+    lines += ["", f"cost of one range test (mean over tasks and seeds): {seconds['optkit']:.2f}s training loss only, "
+                  f"{seconds['optkit_val']:.2f}s with {VAL_BATCHES} held-out batches per step"]
+    d, v = _default(), "fastai_valley"
+    worse = [n for n in held if per[d][1][n]["regret"] > per[v][1][n]["regret"] + 0.05]
+    lines += ["", f"held-out tasks where '{d}' is worse than fastai's valley by > 0.05: {worse or 'none'}"]
+    lines += [f"development: {intervals(cache, dev)}", f"held-out: {intervals(cache, held)}"]
+    flips = {n: coin_flips(cache["oracle"][n]) for n in [*dev, *held]}
+    flagged = {n: f for n, f in flips.items() if len(f) > 2 or GRID[int(np.argmin(grid_regret(cache["oracle"][n])))] in f}
+    lines.append(f"coin-flip oracles (seeds split success/failure at the best LR or at > 2 grid LRs): {flagged or 'none'}")
+    return "\n".join(lines)
+
+
+def intervals(cache: dict[str, Any], names: list[str]) -> str:
+    """How honest the default's interval and confidence are on ``names`` (range-test seeds pooled)."""
+    from lightning_optkit.lr_finder import _rules
+
+    inside, ends, conf_good, conf_bad = 0, [], [], []
+    for n in names:
+        reg = grid_regret(cache["oracle"][n])
+        best = GRID[int(np.argmin(reg))]
+        for c in cache["curves"][n]["optkit"]:
+            curve = _curve(c)
+            lr = _rules.RULES[_default()].fn(curve)
+            verdict = _rules.assess(curve, lr)
+            if verdict.interval is None:
+                continue
+            low, high = verdict.interval
+            inside += low / 10 ** 0.15 <= best <= high * 10 ** 0.15  # within half a grid step
+            ends.append((regret_at(reg, low), regret_at(reg, high)))
+            (conf_good if regret_at(reg, lr) <= TARGET_WITHIN else conf_bad).append(verdict.confidence)
+    k = len(ends)
+    return (f"interval of '{_default()}': best grid LR inside (+- half a grid step) on {inside}/{k} range tests; "
+            f"mean regret at its low end {statistics.fmean(e[0] for e in ends):.3f}, at its high end "
+            f"{statistics.fmean(e[1] for e in ends):.3f}, at its worse end {statistics.fmean(max(e) for e in ends):.3f}; "
+            f"mean confidence {statistics.fmean(conf_good):.2f} where the "
+            f"suggestion is within 0.1, {statistics.fmean(conf_bad) if conf_bad else math.nan:.2f} where it is not")
+
+
+def _default() -> str:
+    from lightning_optkit.lr_finder import DEFAULT_RULE
+
+    return DEFAULT_RULE
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--refresh", action="store_true", help="rebuild the cached oracle grids and curves")
+    parser.add_argument("--build-only", action="store_true", help="fill the cache and stop")
+    parser.add_argument("--tune", action="store_true", help="also re-choose guarded's constants on the dev half")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the per-task scores as JSON")
+    args = parser.parse_args(argv)
+    _quiet()
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory() as root:
-        for task in tasks:
-            log(f"{task.name}: {task.kind}, {task.epochs * task.steps_per_epoch()} steps")
-            results[task.name] = evaluate(task, root, log)
-    print(report(results))
-    print(f"\n{len(tasks)} tasks, {len(GRID)} grid LRs x {len(SEEDS)} seeds, "
-          f"{time.perf_counter() - start:.0f}s (torch threads: 1)")
+    cache = build(TASKS, args.refresh, log)
+    if args.build_only:
+        return 0
+    dev, held = split(TASKS)
+    if args.tune:
+        from lightning_optkit.lr_finder import _rules
+
+        chosen = tune(cache, dev, log)
+        current = {"margin": _rules.MARGIN, "rise": _rules.RISE, "steepest_divisor": _rules.STEEPEST_DIVISOR}
+        same = all(current[k] == chosen[k] for k in current) and \
+            all(_rules.PEAK_EXPONENT.get(k, 1.0) == v for k, v in chosen["exponents"].items())
+        print(f"tuning on the development half: {chosen} "
+              f"({'= the constants in _rules.py' if same else 'DIFFERS from _rules.py ' + repr(current)})")
+    print(f"development half ({len(dev)}): {', '.join(dev)}\nheld-out half ({len(held)}): {', '.join(held)}\n")
+    print(report(cache, dev, held, {t.name: t for t in TASKS}))
+    print(f"\n{len(TASKS)} tasks, {len(GRID)} grid LRs x {len(SEEDS)} seeds, range tests x {len(SEEDS)} seeds; "
+          f"{time.perf_counter() - start:.0f}s (cached parts reused; torch threads: 1)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=1, default=lambda v: None)
+            json.dump({c: score(cache, [*dev, *held], f) for c, f in candidates().items()}, fh, indent=1)
     return 0
 
 

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optkit import ConfigError, OptimMixin
 from lightning_optkit.callbacks import LRFinder
-from lightning_optkit.lr_finder import LRFinderResult, RangeTestSettings, find_lr, run_range_test
+from lightning_optkit.lr_finder import LRFinderResult, RangeTestSettings, find_lr, run_range_test, suggest_all
 
 QUIET = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False)
 
@@ -322,13 +322,19 @@ def test_without_the_mixin_every_group_is_scaled_with_its_scheduler(tmp_path):
 @pytest.mark.parametrize(("schedule", "low", "high"), [({"name": "onecycle"}, 1.7, 2.3),
                                                         ({"name": "warmup_cosine", "warmup": "10%"}, 1.8, 2.2),
                                                         ({"name": "constant"}, 1.0, 1.0)])
-def test_the_schedule_aware_peak_has_the_suggestions_mean_lr(tmp_path, schedule, low, high):
+def test_the_schedule_aware_peak_has_the_suggestions_mean_lr_below_the_margin(tmp_path, schedule, low, high):
     finder = LRFinder(apply=False, **FINDER)
     _fit(tmp_path, {**ADAMW, "scheduler": schedule}, [finder], max_epochs=3)
     result = finder.results[0]
     assert result.schedule == schedule["name"]
     assert low <= result.peak_factor <= high
-    assert result.recommended_lr == pytest.approx(result.suggestion * result.peak_factor)
+    mean_lr_peak = result.suggestion * result.peak_factor
+    if result.margin_lr is None or mean_lr_peak <= result.margin_lr:
+        assert result.recommended_lr == pytest.approx(mean_lr_peak)
+    else:  # never above the safety margin below the rise of the loss
+        assert result.recommended_lr == pytest.approx(max(result.margin_lr, result.suggestion))
+    low_lr, high_lr = result.interval
+    assert low_lr <= result.suggestion <= high_lr
 
 
 def test_applying_at_fit_start_is_exactly_a_fit_started_with_the_written_config(tmp_path):
@@ -352,6 +358,8 @@ def test_a_test_that_diverges_at_once_restores_and_says_why(tmp_path):
     result = finder.results[0]
     assert result.diverged and result.diverged_at <= 6 and result.suggestion is None and not result.applied
     assert "diverged" in result.message and "no suggestion" in result.message
+    assert result.status == "diverged_at_once" and result.interval is None and "lower min_lr" in result.advice
+    assert all(v is None for v in result.suggestions.values()) and result.recommended_lr is None
     assert model.hparams["optim"]["optimizer"]["lr"] == 0.01
     assert model.group_lrs[result.num_steps] == [0.01]  # the real fit's first step: the LR as configured
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -425,6 +433,12 @@ def test_find_lr_leaves_model_rng_and_trainer_as_they_were(tmp_path):
     assert _tensors_equal(weights, model.state_dict())
     assert result.val_losses is not None and len(result.val_losses) == result.num_steps
     assert model.hparams["optim"]["optimizer"]["lr"] == pytest.approx(result.recommended_lr)
+    # validation-aware mode: the rules read the held-out curve, not the training one
+    from lightning_optkit.lr_finder._rules import rules_curve
+
+    held_out = rules_curve(result.lrs, result.losses, result.val_losses, diverged_at=result.diverged_at)
+    assert held_out.losses.tolist() == pytest.approx(result.val_losses)
+    assert result.suggestions == suggest_all(held_out)
     assert counter.counts == {} and not (tmp_path / "logs").exists()
     assert trainer.callbacks[0] is counter
     trainer.fit(model, train, val)  # the same trainer trains next, with the written LR
@@ -481,8 +495,9 @@ def test_optkit_lr_find_example_digits_writes_png_and_tensorboard(tmp_path, caps
                  "--out", str(out), "--log-dir", str(tmp_path / "tb")])
     printed = capsys.readouterr().out
     assert code == 0
-    assert "steepest" in printed and "<- default" in printed and "schedule 'onecycle': peak" in printed
+    assert "guarded" in printed and "steepest" in printed and "<- default" in printed and "schedule 'onecycle': peak" in printed
     assert "suggested: optimizer.lr = " in printed and "--set optimizer.lr=" in printed
+    assert "interval: " in printed and "confidence" in printed
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.parent.iterdir()) == ["lr.png"]  # no temporary file left
     events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))

@@ -313,3 +313,113 @@ def test_write_config_keeps_every_ratio(tmp_path):
     assert new.param_groups[1].lr == pytest.approx(2e-2)
     assert new.scheduler.min_lr == pytest.approx(4e-5)
     assert isinstance(m.optim_config, dict) and m.optim_config["optimizer"]["lr"] == 4e-3
+
+
+# -- the guarded rule, divergence margin and honest uncertainty ---------------------------------------------
+
+
+def _cliff_curve(seed: int, cliff: float, noise: float = 0.01, n: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """A descent that keeps steepening right up to a cliff at ``10**cliff`` (where ``steepest`` lands)."""
+    lrs = np.logspace(-7, 1, n)
+    x = np.log10(lrs)
+    rng = np.random.default_rng(seed)
+    losses = 2.0 - 1.2 / (1.0 + np.exp(-(x - cliff + 0.3) * 4.0)) + np.where(x > cliff, (x - cliff) * 30, 0.0)
+    return lrs, losses + noise * rng.standard_normal(n)
+
+
+@pytest.mark.parametrize(("seed", "cliff"), [(0, -2.0), (1, -1.0), (2, -3.5), (3, 0.0)])
+def test_guarded_keeps_its_margin_below_where_the_loss_rises(seed, cliff):
+    from lightning_optkit.lr_finder._rules import MARGIN, assess, divergence_index, guarded
+
+    lrs, losses = _cliff_curve(seed, cliff)
+    curve = Curve.from_losses(lrs, losses)
+    cut = divergence_index(curve)
+    assert cut is not None and 10 ** cliff <= lrs[cut] <= 10 ** (cliff + 0.6)  # the fast curve sees the rise early
+    value = guarded(curve)
+    assert value <= lrs[cut] / MARGIN * (1 + 1e-9)
+    verdict = assess(curve, value)
+    assert verdict.status == "ok" and verdict.margin_lr == pytest.approx(lrs[cut] / MARGIN)
+    low, high = verdict.interval
+    assert low <= value <= high <= verdict.margin_lr * (1 + 1e-9)
+    assert 0.0 <= verdict.confidence <= 1.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_interval_contains_the_suggestion_of_every_rule(seed):
+    from lightning_optkit.lr_finder._rules import assess
+
+    rng = np.random.default_rng(seed)
+    lrs, losses = _cliff_curve(seed, cliff=float(rng.uniform(-4, 0)), noise=float(rng.uniform(0.0, 0.1)))
+    curve = Curve.from_losses(lrs, losses)
+    for name, value in suggest_all(curve).items():
+        if value is not None:
+            low, high = assess(curve, value).interval
+            assert low <= value <= high, name
+
+
+def test_a_curve_that_rises_from_the_start_gets_no_suggestion_and_advice():
+    from lightning_optkit.lr_finder._rules import assess, diverged_at_once
+
+    lrs = np.logspace(-7, 1, 100)
+    rising = 1.0 + np.linspace(0, 6, 100) ** 2 + 0.01 * np.random.default_rng(0).standard_normal(100)
+    curve = Curve.from_losses(lrs, rising)
+    assert diverged_at_once(curve)
+    verdict = assess(curve, None)
+    assert verdict.status == "diverged_at_once" and verdict.interval is None and verdict.confidence == 0.0
+    assert "lower min_lr" in verdict.advice
+    assert not diverged_at_once(Curve.from_losses(*_cliff_curve(0, -2.0)))
+    # as find_lr records a test stopped for divergence at its 6th step: six points, none falling
+    stopped = Curve.from_losses([1e6, 1.4e6, 2e6, 3e6, 4.3e6, 6.2e6], [2.3, 2.5, 3.1, 5.0, 9.0, 40.0], diverged_at=5)
+    assert diverged_at_once(stopped)
+    flat_starts_low = 1.0 + 0.05 * np.random.default_rng(0).standard_normal(100)
+    flat_starts_low[2] = 0.5  # its lowest point in the first steps: still flat, not divergent
+    assert not diverged_at_once(Curve.from_losses(lrs, flat_starts_low))
+
+
+def test_weak_curves_say_what_to_do():
+    from lightning_optkit.lr_finder._rules import assess, guarded
+
+    rng = np.random.default_rng(0)
+    lrs = np.logspace(-7, 1, 100)
+    flat = Curve.from_losses(lrs, 1.0 + 0.2 * rng.standard_normal(100))
+    verdict = assess(flat, guarded(flat))
+    assert verdict.status == "flat" and "num_steps" in verdict.advice and verdict.confidence <= 0.1
+    clean = Curve.from_losses(*_cliff_curve(0, -2.0, noise=0.001))
+    assert assess(clean, guarded(clean)).confidence > assess(flat, guarded(flat)).confidence
+
+
+def test_the_schedule_peak_never_passes_the_margin():
+    from lightning_optkit.lr_finder._rules import MARGIN, divergence_index, guarded, schedule_peak
+
+    curve = Curve.from_losses(*_cliff_curve(0, -2.0))
+    value = guarded(curve)
+    cap = curve.lrs[divergence_index(curve)] / MARGIN
+    assert schedule_peak(curve, value, 100.0, "onecycle") == pytest.approx(max(cap, value))
+    assert schedule_peak(curve, value, 1.0, "constant") == pytest.approx(value)
+
+
+def test_result_carries_the_interval_through_dicts_summary_and_plot():
+    import json
+
+    r = _result()
+    r.interval, r.confidence, r.cliff_lr, r.margin_lr = (1e-3, 1e-2), 0.7, 0.3, 0.1
+    back = LRFinderResult.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert back.interval == (1e-3, 1e-2) and back.confidence == 0.7 and back.margin_lr == 0.1
+    text = r.summary()
+    assert "interval" in text and "confidence 0.70" in text and "stay at or below 0.1" in text
+    labels = [t.get_text() for t in r.plot().axes[0].get_legend().get_texts()]
+    assert any(lbl.startswith("interval") for lbl in labels) and any("safety margin" in lbl for lbl in labels)
+    r.status, r.advice = "diverged_at_once", "lower min_lr"
+    assert "status 'diverged_at_once': lower min_lr" in r.summary()
+
+
+def test_the_rules_read_the_held_out_curve_when_it_was_measured():
+    from lightning_optkit.lr_finder._rules import guarded, rules_curve
+
+    lrs, train = _cliff_curve(0, cliff=0.0, noise=0.001)
+    # an overfitting sweep: the held-out loss turns up two decades before the training loss does
+    _lrs, held_out = _cliff_curve(1, cliff=-2.0, noise=0.001)
+    read = rules_curve(lrs, train, held_out)
+    assert read.losses.tolist() == pytest.approx(held_out.tolist())
+    assert guarded(read) < guarded(rules_curve(lrs, train)) / 10
+    assert rules_curve(lrs, train, [float("nan")] * len(lrs)).losses.tolist() == pytest.approx(train.tolist())

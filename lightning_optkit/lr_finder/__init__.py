@@ -9,7 +9,7 @@
 The test restores the model, optimizer and scheduler state, random generators, trainer counters,
 callbacks and loggers exactly (:mod:`._state`); with a schedule that has a peak (warm-up/cosine,
 OneCycle) the recommendation is the peak whose mean LR equals the constant-LR suggestion
-(:mod:`._apply`).
+(:mod:`._apply`), never above the safety margin below the LR where the loss starts to rise.
 
 Example:
     >>> from lightning_optkit.lr_finder import RULES, DEFAULT_RULE

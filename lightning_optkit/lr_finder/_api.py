@@ -74,7 +74,11 @@ def find_lr(
     ``seed_everything(0); find_lr(...); trainer.fit(...)`` trains as ``seed_everything(0);
     trainer.fit(...)``), and the trainer can be used for the real ``fit`` next. ``result.recommended_lr`` is the value to
     configure as ``optimizer.lr``: the rule's suggestion, scaled for the schedule when it has a
-    peak (warm-up/cosine, OneCycle: the schedule's mean LR ahead equals the suggestion).
+    peak (warm-up/cosine, OneCycle: the schedule's mean LR ahead equals the suggestion), never above
+    ``result.margin_lr`` (the LR where the loss starts to rise, divided by a safety margin).
+    ``result.interval`` and ``result.confidence`` say how sure the curve is; ``result.status`` is
+    ``"flat"``, ``"noisy"`` or ``"diverged_at_once"`` (no suggestion) when it is weak, with
+    ``result.advice`` saying what to change.
 
     Args:
         model: the LightningModule (with :class:`~lightning_optkit.OptimMixin` or its own
@@ -85,9 +89,11 @@ def find_lr(
             single-device Trainer built from ``trainer_kwargs``.
         min_lr, max_lr, num_steps, mode: the sweep (``num_steps`` optimizer steps from ``min_lr`` to
             ``max_lr``, exponentially or linearly spaced).
-        rule: the rule of :attr:`LRFinderResult.suggestion` (``"steepest"``, the default, ``"valley"``,
-            ``"minimum"``, ``"median"``).
-        val_batches: held-out batches whose loss is measured after every step (0: none).
+        rule: the rule of :attr:`LRFinderResult.suggestion` (``"guarded"``, the default,
+            ``"steepest"``, ``"valley"``, ``"minimum"``, ``"median"``).
+        val_batches: held-out batches whose loss is measured after every step (0: none); the rules
+            then read the held-out curve (validation-aware mode: sees overfitting; misleads with
+            BatchNorm, whose eval-mode statistics lag the sweep).
         divergence_threshold: stop once the smoothed loss exceeds this multiple of its best.
         beta: smoothing of the bias-corrected moving average.
         schedule_aware: apply the schedule's peak rule to ``recommended_lr``.
@@ -115,7 +121,7 @@ def find_lr(
         >>> data = DataLoader(TensorDataset(torch.randn(64, 4), torch.randn(64, 1)), batch_size=8)
         >>> result = find_lr(Net(), data, num_steps=30, trainer_kwargs={"accelerator": "cpu", "max_epochs": 1})
         >>> len(result.lrs) <= 30 and result.rule
-        'steepest'
+        'guarded'
     """
     settings = RangeTestSettings(
         min_lr=min_lr, max_lr=max_lr, num_steps=num_steps, mode=mode, rule=rule, val_batches=val_batches,

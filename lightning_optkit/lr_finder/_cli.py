@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .._cli_args import import_class, json_object, positive_float, positive_int
+from .._cli_args import import_class, instantiate_objects, json_object, positive_float, positive_int
 from ..config import ConfigError, load_config, parse_overrides
 from ._rules import DEFAULT_RULE, RULES
 
@@ -55,6 +55,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key by its dotted path (repeatable), e.g. --set scheduler.name=onecycle")
     p.add_argument("--example", metavar="NAME", help="a built-in example: digits")
+    p.add_argument("--cli", metavar="pkg.mod:cli_main",
+                   help="with a LightningCLI CONFIG (as --print_config writes it): your project's LightningCLI, its "
+                        "cli_main function or LightningCLI subclass; its parser builds the model, data and callbacks")
     p.add_argument("--model", metavar="pkg.mod.Class", help="your LightningModule class (it must accept optim=)")
     p.add_argument("--model-args", metavar="JSON", default=None, help="more keyword arguments of the model (JSON)")
     p.add_argument("--data", metavar="pkg.mod.DataModule", help="your LightningDataModule class (with --model)")
@@ -82,11 +85,55 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 
-def _build(args: argparse.Namespace) -> tuple[Any, Any, str, int]:
-    """``(model, datamodule, name, max_epochs)`` from the arguments."""
+def _build_lightningcli(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Any, Any, str, int, dict[str, Any]]:
+    """The model, data, callbacks and Trainer arguments of a LightningCLI config, built by its parser."""
+    from .._lightningcli import LightningCLIConfig
+
+    for flag, value in (("--example", args.example), ("--model-args", args.model_args), ("--data-args", args.data_args)):
+        if value:
+            raise ConfigError(flag, value, f"nothing with the LightningCLI config {args.config} (its model:/data: "
+                              "sections give the arguments)")
+    if args.cli and (args.model or args.data):
+        raise ConfigError("--cli", args.cli, "nothing with --model/--data: the CLI knows its classes")
+    cfg = LightningCLIConfig(args.config, cli=args.cli, model=args.model, data=args.data)
+    run = cfg.instantiate(load_config(cfg.base_optim(), overrides).to_dict())
+    if run.ckpt_path:
+        raise ConfigError("ckpt_path", run.ckpt_path, "null for an LR range test (it starts from the model's weights)")
+    kwargs = {k: v for k, v in run.trainer_kwargs.items() if k in ("accelerator", "devices", "precision",
+                                                                    "accumulate_grad_batches", "gradient_clip_val",
+                                                                    "gradient_clip_algorithm", "deterministic")}
+    from lightning.pytorch.callbacks import BaseFinetuning
+
+    # the range test runs none of the user's callbacks; a fine-tuning callback's freezing at fit start is
+    # what the trained parameters are, so it is applied here, as the real run would start
+    for cb in run.callbacks:
+        if isinstance(cb, BaseFinetuning):
+            cb.freeze_before_training(run.model)
+    others = [type(cb).__name__ for cb in run.callbacks if not isinstance(cb, BaseFinetuning)]
+    if others:
+        print(f"note: the range test runs no callbacks: {', '.join(others)} of {args.config} left out "
+              "(fine-tuning callbacks froze their parameters first)")
+    max_epochs = args.max_epochs or run.trainer_kwargs.get("max_epochs") or 10
+    return run.model, run.data, cfg.name, max_epochs, kwargs
+
+
+def _is_lightningcli(args: argparse.Namespace) -> bool:
+    from .._lightningcli import is_lightningcli_config
+    from ..config import read_yaml
+
+    found = bool(args.config) and Path(args.config).is_file() and is_lightningcli_config(read_yaml(args.config))
+    if args.cli and not found:
+        raise ConfigError("--cli", args.cli, "a LightningCLI CONFIG beside it (what your script's --print_config writes)")
+    return found
+
+
+def _build(args: argparse.Namespace) -> tuple[Any, Any, str, int, dict[str, Any]]:
+    """``(model, datamodule, name, max_epochs, more Trainer arguments)`` from the arguments."""
     import lightning as L
 
     overrides = parse_overrides(args.overrides)
+    if _is_lightningcli(args):
+        return _build_lightningcli(args, overrides)
     if args.example and args.model:
         raise ConfigError("--model", args.model, "nothing with --example (give one of them)")
     if args.example:
@@ -96,7 +143,7 @@ def _build(args: argparse.Namespace) -> tuple[Any, Any, str, int]:
         model, data = make_example(info.name, args.config, overrides=overrides,
                                    model_args=json_object(args.model_args, "--model-args"),
                                    data_args=json_object(args.data_args, "--data-args"))
-        return model, data, info.name, args.max_epochs or info.max_epochs
+        return model, data, info.name, args.max_epochs or info.max_epochs, {}
     if not args.model:
         raise ConfigError("--model", None, "--example digits, or CONFIG with --model pkg.mod.Class --data pkg.mod.DataModule")
     if args.config is None:
@@ -109,15 +156,15 @@ def _build(args: argparse.Namespace) -> tuple[Any, Any, str, int]:
     if "optim" in model_args:
         raise ConfigError("--model-args.optim", model_args["optim"], "nothing: the optim block comes from CONFIG")
     try:
-        model = model_cls(optim=optim, **model_args)
+        model = model_cls(optim=optim, **instantiate_objects(model_args, "--model-args"))
     except TypeError as exc:
         raise ConfigError("--model-args", model_args, f"arguments {model_cls.__qualname__} accepts ({exc})") from None
     data_cls = import_class(args.data, "--data", L.LightningDataModule)
     try:
-        data = data_cls(**json_object(args.data_args, "--data-args"))
+        data = data_cls(**instantiate_objects(json_object(args.data_args, "--data-args"), "--data-args"))
     except TypeError as exc:
         raise ConfigError("--data-args", args.data_args, f"arguments {data_cls.__qualname__} accepts ({exc})") from None
-    return model, data, model_cls.__name__, args.max_epochs or 10
+    return model, data, model_cls.__name__, args.max_epochs or 10, {}
 
 
 def _save_png(fig: Any, out: Path) -> None:
@@ -153,17 +200,22 @@ def run(args: argparse.Namespace) -> int:
     if args.val_batches < 0:
         raise ConfigError("--val-batches", args.val_batches, "a whole number >= 0")
     L.seed_everything(args.seed, workers=True, verbose=False)
-    model, data, name, max_epochs = _build(args)
-    accelerator = args.accelerator or ("cpu" if args.example else "auto")
+    model, data, name, max_epochs, extra = _build(args)
+    accelerator = args.accelerator or extra.pop("accelerator", None) or ("cpu" if args.example else "auto")
     result = find_lr(
         model, datamodule=data, min_lr=args.min_lr, max_lr=args.max_lr, num_steps=args.num_steps, mode=args.mode,
         rule=args.rule, val_batches=args.val_batches,
-        trainer_kwargs=dict(accelerator=accelerator, max_epochs=max_epochs, deterministic=True),
+        trainer_kwargs={"deterministic": True, **extra, "accelerator": accelerator, "max_epochs": max_epochs},
     )
     print(result.summary())
     if result.recommended_lr is not None:
         print(f"suggested: {result.reference} = {result.recommended_lr:.4g}   "
               f"(use it with: --set {result.reference}={result.recommended_lr:.3g})")
+    if result.interval is not None:
+        print(f"interval: {result.interval[0]:.3g} .. {result.interval[1]:.3g} (constant LR), confidence "
+              f"{result.confidence:.2f}" + ("" if result.margin_lr is None else f", stay at or below {result.margin_lr:.3g}"))
+    elif result.advice:
+        print(f"no suggestion ({result.status}): {result.advice}")
     fig = result.plot()
     fig.suptitle(f"{name}: {result.schedule} schedule", fontsize=9)
     out = Path(args.out)

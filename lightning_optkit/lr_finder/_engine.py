@@ -36,7 +36,7 @@ import torch
 from ..config import ConfigError, did_you_mean
 from ._apply import LRPlan, lr_plan, schedule_profile
 from ._result import LRFinderResult
-from ._rules import DEFAULT_RULE, Curve, check_rule, noise_level, suggest_all
+from ._rules import DEFAULT_RULE, Curve, assess, check_rule, noise_level, rules_curve, schedule_peak, suggest_all
 from ._state import TrainingSnapshot
 
 __all__ = ["RangeTestSettings", "run_range_test", "sweep_lrs"]
@@ -533,7 +533,11 @@ def _flatness(curve: Curve) -> str:
 def _result(trainer: Any, optimizer: torch.optim.Optimizer, plan: LRPlan, settings: RangeTestSettings,
             record: _Record) -> LRFinderResult:
     curve = Curve.from_losses(record.lrs, record.losses, settings.beta, record.diverged_at)
-    suggestions = suggest_all(curve)
+    read = rules_curve(record.lrs, record.losses, record.val_losses, settings.beta, record.diverged_at)
+    suggestions = suggest_all(read)
+    verdict = assess(read, suggestions[settings.rule])
+    if verdict.status == "diverged_at_once":  # nothing to suggest: every rule would read noise
+        suggestions = dict.fromkeys(suggestions)
     suggestion = suggestions[settings.rule]
     messages = []
     if record.diverged_at is not None:
@@ -541,7 +545,9 @@ def _result(trainer: Any, optimizer: torch.optim.Optimizer, plan: LRPlan, settin
     flat = _flatness(curve)
     if flat:
         messages.append(flat)
-    if suggestion is None:
+    if verdict.status == "diverged_at_once":
+        messages.append(f"no suggestion: {verdict.advice}")
+    elif suggestion is None:
         messages.append(f"no suggestion: rule '{settings.rule}' needs a descending stretch of at least 3 steps "
                         f"before the divergence (got {curve.stop} usable steps); lower min_lr or raise "
                         "divergence_threshold")
@@ -551,7 +557,7 @@ def _result(trainer: Any, optimizer: torch.optim.Optimizer, plan: LRPlan, settin
     factor = 1.0
     if settings.schedule_aware and profile.mean_factor > 0:
         factor = 1.0 / profile.mean_factor
-    recommended = None if suggestion is None else suggestion * factor
+    recommended = None if suggestion is None else schedule_peak(read, suggestion, factor, profile.kind)
     return LRFinderResult(
         lrs=record.lrs,
         losses=record.losses,
@@ -567,5 +573,11 @@ def _result(trainer: Any, optimizer: torch.optim.Optimizer, plan: LRPlan, settin
         epoch=int(trainer.current_epoch),
         message="; ".join(messages),
         settings=asdict(settings),
+        status=verdict.status,
+        interval=verdict.interval,
+        confidence=verdict.confidence,
+        cliff_lr=verdict.divergence_lr,
+        margin_lr=verdict.margin_lr,
+        advice=verdict.advice,
     )
 

@@ -34,12 +34,24 @@ class LRFinderResult:
         recommended_lr: the value to configure as the reference LR, after the schedule-aware peak rule
             (equal to :attr:`suggestion` for a constant LR); ``None`` without a suggestion.
         schedule: the schedule the recommendation was made for (``"constant"``, ``"onecycle"``...).
-        peak_factor: ``recommended_lr / suggestion``.
+        peak_factor: the schedule's factor, ``1 / (its mean LR / its peak LR)``: the peak whose mean LR
+            equals the suggestion. ``recommended_lr`` is ``suggestion * peak_factor ** e`` (``e`` per
+            schedule, :data:`~lightning_optkit.lr_finder._rules.PEAK_EXPONENT`), never above
+            ``max(margin_lr, suggestion)``.
         diverged_at: index of the step where the test stopped because the loss diverged, or ``None``.
         reference: what the swept LR stands for (``"optimizer.lr"``, ``"param_groups[0].lr"``...).
         applied: whether :attr:`recommended_lr` was written into the config / optimizer.
         epoch: the training epoch the test ran at (``None`` outside a fit).
         message: a one-line account of the outcome (why there is no suggestion, where it diverged).
+        status: ``"ok"``, ``"flat"`` (the loss barely moved against its noise), ``"noisy"`` (it moved by
+            only a few noise levels) or ``"diverged_at_once"`` (it rose before it descended: no suggestion).
+        interval: ``(low, high)``, the recommended range of constant LRs: the span of the rules'
+            evidence, its top at most :attr:`margin_lr`; ``None`` without a suggestion.
+        confidence: 0 (a guess) .. 1 (the rules agree within a fraction of a decade on a clean descent).
+        cliff_lr: where the loss climbed back by a tenth of its descent (``None``: it never rose).
+        margin_lr: ``cliff_lr`` divided by the safety margin: the default rule and the schedule peak
+            stay at or below it.
+        advice: what to change when the curve is weak (more steps, a wider range, a larger batch).
 
     Example:
         >>> r = LRFinderResult(lrs=[1e-3, 1e-2, 1e-1], losses=[1.0, 0.6, 9.0], smoothed=[1.0, 0.6, 9.0],
@@ -63,6 +75,12 @@ class LRFinderResult:
     epoch: int | None = None
     message: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    status: str = "ok"
+    interval: tuple[float, float] | None = None
+    confidence: float | None = None
+    cliff_lr: float | None = None
+    margin_lr: float | None = None
+    advice: str = ""
 
     @property
     def suggestion(self) -> float | None:
@@ -104,6 +122,8 @@ class LRFinderResult:
         data = dict(data)
         for key in ("losses", "smoothed", "val_losses"):
             data[key] = unclean(data.get(key))
+        if data.get("interval") is not None:
+            data["interval"] = tuple(data["interval"])
         return cls(**data)
 
     def summary(self) -> str:
@@ -121,8 +141,17 @@ class LRFinderResult:
             mark = "  <- default" if name == self.rule else ""
             lines.append(f"  {name:<14} {_fmt(value):>6}{mark}")
         if self.recommended_lr is not None and self.schedule != "constant":
+            ratio = self.recommended_lr / self.suggestion if self.suggestion else 1.0
             lines.append(f"  schedule '{self.schedule}': peak {_fmt(self.recommended_lr)} "
-                         f"({self.peak_factor:.2f} x the suggestion, same mean LR)")
+                         f"({ratio:.2f} x the suggestion; the schedule's mean-LR factor is {self.peak_factor:.2f})")
+        if self.interval is not None:
+            conf = "-" if self.confidence is None else f"{self.confidence:.2f}"
+            lines.append(f"  interval       {_fmt(self.interval[0])} .. {_fmt(self.interval[1])} (constant LR), "
+                         f"confidence {conf}")
+        if self.cliff_lr is not None:
+            lines.append(f"  loss rises at  {_fmt(self.cliff_lr)}; safety margin: stay at or below {_fmt(self.margin_lr)}")
+        if self.status != "ok":
+            lines.append(f"  status '{self.status}': {self.advice}")
         if self.message:
             lines.append(f"  {self.message}")
         return "\n".join(lines)
@@ -167,6 +196,12 @@ class LRFinderResult:
         if self.recommended_lr is not None and self.schedule != "constant":
             ax.axvline(self.recommended_lr, color="C2", linestyle=":", linewidth=1.2,
                        label=f"{self.schedule} peak: {self.recommended_lr:.2e}")
+        if self.interval is not None:
+            ax.axvspan(self.interval[0], self.interval[1], color="C2", alpha=0.12,
+                       label=f"interval {self.interval[0]:.2e} .. {self.interval[1]:.2e}")
+        if self.margin_lr is not None:
+            ax.axvline(self.margin_lr, color="C3", linestyle=":", linewidth=1.0,
+                       label=f"safety margin: {self.margin_lr:.2e}")
         if self.diverged_at is not None:
             ax.axvline(self.lrs[self.diverged_at], color="C3", linestyle="--", linewidth=1.0,
                        label=f"diverged at {self.lrs[self.diverged_at]:.2e}")
@@ -178,7 +213,7 @@ class LRFinderResult:
             lo, hi = min(ys), max(ys[: max(len(ys) // 10, 1)] + [ys[0]])
             span = max(hi - lo, 1e-12)
             ax.set_ylim(lo - 0.1 * span, hi + 0.4 * span)
-        title = "LR range test"
+        title = "LR range test" if self.status == "ok" else f"LR range test: {self.status}"
         if self.epoch is not None:
             title += f" (epoch {self.epoch})"
         ax.set_title(title)

@@ -23,56 +23,21 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import random
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TrainingSnapshot", "collect_rng_state", "restore_rng_state"]
+from .._rng import collect_rng_state, loader_generators, restore_rng_state
+
+__all__ = ["TrainingSnapshot", "collect_rng_state", "loader_generators", "restore_rng_state"]
 
 _METRIC_ATTRS = ("_update_count", "_computed", "_forward_cache", "_is_synced", "_cache", "_should_unsync")
 _MISSING = object()
-
-
-def collect_rng_state() -> dict[str, Any]:
-    """The state of every global random number generator (python, numpy, torch CPU, CUDA)."""
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Put back what :func:`collect_rng_state` returned."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def loader_generators(loaders: Iterable[Any]) -> list[torch.Generator]:
-    """The ``torch.Generator`` objects a DataLoader draws from: its own, its sampler's, its batch sampler's."""
-    found: dict[int, torch.Generator] = {}
-    for loader in loaders:
-        candidates = [loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)]
-        batch_sampler = getattr(loader, "batch_sampler", None)
-        candidates.append(getattr(batch_sampler, "sampler", None))
-        for obj in candidates:
-            gen = getattr(obj, "generator", None)
-            if isinstance(gen, torch.Generator):
-                found[id(gen)] = gen
-    return list(found.values())
 
 
 class _TensorStore:
