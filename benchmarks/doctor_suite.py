@@ -209,7 +209,10 @@ def _above_edge() -> tuple[Any, ...]:
 def _too_small() -> tuple[Any, ...]:
     torch.manual_seed(SEED[0])
     model = Model(mlp([16, 1, 4]), "cls", adam(1e-2))  # one hidden unit for 4 classes in 16 dimensions
-    return model, loader(blobs(noise=2.0)), loader(blobs(256, noise=2.0, seed=1), 64, False), {"max_epochs": 30}
+    # no accuracy is logged, so the verdict is on loss scores: it acts only with a loss threshold of its own
+    doctor = {"thresholds": {"capacity_loss_low": 0.7}}
+    return (model, loader(blobs(noise=2.0)), loader(blobs(256, noise=2.0, seed=1), 64, False),
+            {"max_epochs": 30, "doctor": doctor})
 
 
 def _oscillating() -> tuple[Any, ...]:
@@ -295,7 +298,7 @@ SHORT = ["nonfinite_loss", "overfitting", "vanishing", "zero_gradients", "interv
 def run_case(case: Case, root: str, check_every_n_steps: int = 50) -> tuple[list[str], TrainingDoctor]:
     """Fit one case with a TrainingDoctor and return the codes it found."""
     model, train, val, trainer_kwargs = case.build()
-    doctor = TrainingDoctor(check_every_n_steps=check_every_n_steps, max_warnings=0)
+    doctor = TrainingDoctor(check_every_n_steps=check_every_n_steps, max_warnings=0, **trainer_kwargs.pop("doctor", {}))
     trainer = L.Trainer(
         accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=root,

@@ -150,9 +150,13 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
     return atomic_write(path, lambda f: f.write(data), fsync=fsync).sha256
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, fsync: bool = True) -> str:
-    """Write ``obj`` as indented JSON to ``path`` durably; returns the sha256 of the bytes written."""
-    data = (json.dumps(obj, indent=1, sort_keys=False, allow_nan=True) + "\n").encode()
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, fsync: bool = True,
+                      default: Callable[[Any], Any] | None = None) -> str:
+    """Write ``obj`` as indented JSON to ``path`` durably; returns the sha256 of the bytes written.
+
+    ``default`` is ``json.dumps``'s: it turns values JSON does not know into ones it does (e.g. ``str``).
+    """
+    data = (json.dumps(obj, indent=1, sort_keys=False, allow_nan=True, default=default) + "\n").encode()
     return atomic_write_bytes(path, data, fsync=fsync)
 
 

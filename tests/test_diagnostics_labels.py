@@ -13,10 +13,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optkit import ConfigError
+from lightning_optkit._rng import collect_rng_state as rng_states
 from lightning_optkit.diagnostics import LabelIssueFinder, find_label_issues, label_issues_from_probs
 from lightning_optkit.diagnostics._cross_fit import stratified_folds
 from lightning_optkit.diagnostics._label_issues import confident_joint
-from lightning_optkit.diagnostics._state import rng_states
 
 # 3 classes, 4 samples each; sample 2 (labelled 0) looks like class 1, sample 9 (labelled 2) like class 0.
 PROBS = np.array([
@@ -186,6 +186,37 @@ def test_label_issue_finder_flags_the_flipped_validation_samples(tmp_path):
     other = LabelIssueFinder(threshold=0.9, min_epochs=3)
     other.load_state_dict(finder.state_dict())
     assert other.issues().indices.tolist() == issues.indices.tolist()
+
+
+class TwoLoaderBlob(IndexedBlob):
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):  # type: ignore[no-untyped-def]
+        return IndexedBlob.validation_step(self, batch, batch_idx)
+
+
+def test_label_issue_finder_keeps_loaders_apart_and_counts_repeats_once(tmp_path):
+    """Two validation loaders (indices both from 0) and a loader that repeats samples, as
+    DistributedSampler's padding does: records per (loader, index), each sample once per epoch."""
+    x, y, _ = _blobs(noise_idx=())
+    train = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    xv, noisy_v, flipped = _blobs(n_per=20, noise_idx=(1, 22, 45, 58))
+    xw, noisy_w, flipped_w = _blobs(n_per=20, noise_idx=(5, 30))
+    repeats = list(range(60)) + [0, 1, 22]  # padding-like repeats of samples 0, 1 and 22
+    val0 = DataLoader(LabelIssueFinder.indexed(TensorDataset(xv + 0.1, noisy_v)), batch_size=16, sampler=repeats)
+    val1 = DataLoader(LabelIssueFinder.indexed(TensorDataset(xw - 0.1, noisy_w)), batch_size=16)
+    finder = LabelIssueFinder(threshold=0.9, min_epochs=3, start_epoch=1, csv_path=tmp_path / "val_issues.csv")
+    torch.manual_seed(0)
+    L.Trainer(max_epochs=4, callbacks=[finder], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(TwoLoaderBlob(), train, [val0, val1])
+    assert finder.epochs_seen == 3 and finder.dataloaders == [0, 1]
+    assert sorted(finder.issues(0).indices.tolist()) == flipped
+    assert sorted(finder.issues(1).indices.tolist()) == flipped_w
+    assert all(rec[0] == 3 for rec in finder._records.values())  # seen once per epoch, repeats included
+    assert all(t <= 3 for dl in (0, 1) for t in finder.issues(dl).info["times_wrong"])
+    rows = list(csv.DictReader((tmp_path / "val_issues_dl1.csv").read_text().splitlines()))
+    assert sorted(int(r["index"]) for r in rows) == flipped_w
+    other = LabelIssueFinder(threshold=0.9, min_epochs=3)
+    other.load_state_dict(finder.state_dict())
+    assert other.issues(1).indices.tolist() == finder.issues(1).indices.tolist()
 
 
 def test_label_issue_finder_says_what_the_module_must_return():

@@ -30,6 +30,11 @@ def test_a_quadratic_loss_gives_the_exact_parabola():
         assert value == pytest.approx(expected, rel=1e-12)
     assert land.losses[4] == pytest.approx(land.base_loss) and land.evaluations == 9
     assert land.names == ["weight"]
+    # a parabola: constant second differences, h^2 times the curvature 2 mean((x d^T)^2) along d
+    h = float(land.alphas[1] - land.alphas[0])
+    second = np.diff(np.asarray(land.losses, dtype=np.float64), n=2)
+    curvature = 2 * (x @ d.T).pow(2).mean().item()
+    assert second == pytest.approx(np.full(7, h * h * curvature), rel=1e-9)
 
 
 def test_filter_normalization_matches_each_filter_norm():

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optkit import ConfigError
 from lightning_optkit.diagnostics import SharpnessMonitor
-from lightning_optkit.diagnostics._edge import stability_edge
+from lightning_optkit.diagnostics._edge import edge_preconditioner, stability_edge, step_scales, stepped_params
 
 _TRAINER = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
             "enable_model_summary": False, "accelerator": "cpu", "devices": 1}
@@ -181,3 +181,119 @@ def test_stability_edges_match_the_update_matrix():
 
         assert radius(edge * 0.999) < 1.0 < radius(edge * 1.001)
     assert stability_edge(torch.optim.SGD(p, lr=0.1, weight_decay=0.5)).value == pytest.approx(19.5)
+
+
+class TwoGroups(L.LightningModule):
+    """Least squares on two orthogonal features, each weight in its own parameter group.
+
+    Feature ``a`` lives on the even rows (scale 10), feature ``b`` on the odd ones (scale 1), so the
+    Hessian of the MSE is exactly ``diag(100, 1)``: SGD on group g is stable iff ``lr_g * h_g < 2``.
+    """
+
+    def __init__(self, lr_a: float, lr_b: float) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False)
+        self.loss_fn = nn.MSELoss()
+        self.lr_a, self.lr_b = lr_a, lr_b
+        self.losses: list[float] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x[:, :1]) + self.b(x[:, 1:])
+
+    def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        loss = self.loss_fn(self(batch[0]), batch[1])
+        self.losses.append(loss.item())  # test-only sync
+        if not math.isfinite(self.losses[-1]):
+            self.trainer.should_stop = True
+        return loss
+
+    def configure_optimizers(self):  # type: ignore[no-untyped-def]
+        return torch.optim.SGD([{"params": self.a.parameters(), "lr": self.lr_a},
+                                {"params": self.b.parameters(), "lr": self.lr_b}], lr=self.lr_b)
+
+
+def _two_group_data() -> DataLoader:
+    x = torch.zeros(64, 2)
+    x[0::2, 0], x[1::2, 1] = 10.0, 1.0
+    y = x @ torch.tensor([[0.5], [-1.0]])
+    return DataLoader(TensorDataset(x, y), batch_size=64)
+
+
+@pytest.mark.parametrize(("lr_a", "lr_b", "diverges"), [(0.01, 1.0, False), (1.0, 0.01, True)])
+def test_per_group_learning_rates_scale_the_compared_sharpness(lr_a, lr_b, diverges):
+    """Sharp direction (curvature 100) in the small-LR group: stable, not flagged, although the raw
+    lambda_max (100) is far above the largest group's edge 2 / 1.0; in the large-LR group: flagged."""
+    monitor = SharpnessMonitor(every_n_epochs=None, every_n_steps=20, iters=4)
+    module = TwoGroups(lr_a, lr_b)
+    L.Trainer(max_steps=40, callbacks=[monitor], **_TRAINER).fit(module, _two_group_data())
+    assert (_first_nonfinite(module.losses) is not None or module.losses[-1] > module.losses[0]) == diverges
+    first = monitor.history[0]
+    assert first["lambda_max"] == pytest.approx(100.0, rel=1e-3) and first["edge"] == pytest.approx(2.0)
+    assert first["lambda_max_preconditioned"] == pytest.approx(100.0 if diverges else 1.0, rel=1e-3)
+    assert monitor.flagged == diverges
+
+
+def test_per_group_edges_use_each_groups_momentum_and_fold_d_into_adam():
+    a, b = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(3))
+    sgd = torch.optim.SGD([{"params": [a], "lr": 0.1, "momentum": 0.9}, {"params": [b], "lr": 0.1}], lr=0.1)
+    edge = stability_edge(sgd)  # group a: 38, group b: 20 -> b bounds, a's steps count 20/38 of b's
+    assert edge.value == pytest.approx(20.0) and edge.kind == "sgd" and edge.preconditioned
+    assert step_scales(sgd, [a, b]).tolist() == pytest.approx([20 / 38] * 2 + [1.0] * 3)
+    adam = torch.optim.Adam([{"params": [a], "lr": 1e-3}, {"params": [b], "lr": 1e-2}])
+    (a.sum() + 2 * b.sum()).backward()
+    adam.step()
+    assert stability_edge(adam).value == pytest.approx(38 / 1e-2)
+    pre = edge_preconditioner(adam, [a, b])  # (sqrt(v_hat) + eps) / D with D = 0.1 for a, 1 for b
+    assert pre.tolist() == pytest.approx([(1 + 1e-8) / 0.1] * 2 + [2 + 1e-8] * 3)
+    single = torch.optim.SGD([a, b], lr=0.1)
+    assert not stability_edge(single).preconditioned and step_scales(single, [a, b]).tolist() == [1.0] * 5
+    frozen = torch.optim.SGD([{"params": [a], "lr": 0.0}, {"params": [b], "lr": 0.1}], lr=0.1)
+    stepped = stepped_params(frozen, [a, b])  # a does not move: it leaves the compared Hessian
+    assert stability_edge(frozen).preconditioned and len(stepped) == 1 and stepped[0] is b
+
+
+class FullDataNet(L.LightningModule):
+    """A small tanh network whose training step uses the whole data set (so the trajectory does not
+    depend on the loader's order), while the monitor probes the loader's first batches."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
+        self.loss_fn = nn.MSELoss()
+        self.register_buffer("x", x)
+        self.register_buffer("y", y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        return self.loss_fn(self(self.x), self.y) + 0.0 * batch[0].sum()
+
+    def configure_optimizers(self):  # type: ignore[no-untyped-def]
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def _resume_fit(root: Path, shuffle_seed: int, ckpt: str | None) -> SharpnessMonitor:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    x, y = _regression_data()
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True,
+                        generator=torch.Generator().manual_seed(shuffle_seed))
+    monitor = SharpnessMonitor(every_n_epochs=None, every_n_steps=3, num_batches=1, iters=6)
+    saver = ModelCheckpoint(dirpath=root, every_n_train_steps=3, save_top_k=-1, filename="{step}")
+    trainer = L.Trainer(max_steps=8, accumulate_grad_batches=2, callbacks=[monitor, saver],
+                        **{**_TRAINER, "enable_checkpointing": True})
+    trainer.fit(FullDataNet(x, y), loader, ckpt_path=ckpt)
+    return monitor
+
+
+def test_resume_mid_epoch_with_accumulation_gives_the_uninterrupted_history(tmp_path):
+    whole = _resume_fit(tmp_path / "a", 3, None)
+    assert [h["step"] for h in whole.history] == [0, 3, 6]
+    # a new process: the loader's shuffle generator is not where it was when the first run started
+    resumed = _resume_fit(tmp_path / "b", 4, str(tmp_path / "a" / "step=3.ckpt"))
+    assert [h["step"] for h in resumed.history] == [0, 3, 6]  # step 3 not checked again after resuming
+    assert [h["lambda_max"] for h in resumed.history] == pytest.approx([h["lambda_max"] for h in whole.history],
+                                                                      rel=1e-6)

@@ -164,11 +164,22 @@ def test_overfitting_finding_quotes_the_last_validation_at_the_end() -> None:
     d.val = [(10, 0, 1.0, 0.9), (20, 1, 0.8, 0.6), (30, 2, 0.85, 0.4), (40, 3, 0.897, 0.2)]
     (x,) = d.diagnose()
     assert "is now 0.897" in x.message
-    d.val += [(50, 4, 0.5, 0.15), (60, 5, 0.193, 0.1)]
+    d.val += [(50, 4, 0.85, 0.15), (60, 5, 0.83, 0.1)]  # back down, still above the minimum 0.8
     (x,) = d.diagnose()
-    assert x.code == "OVERFITTING" and x.evidence["val_now"] == 0.193 and x.evidence["val_peak"] == 0.897
-    assert "is now 0.193" in x.message and "is now 0.897" not in x.message
-    assert "0.897" in d.table() and "is now 0.193" in d.table()
+    assert x.code == "OVERFITTING" and x.evidence["val_now"] == 0.83 and x.evidence["val_peak"] == 0.897
+    assert "is now 0.83" in x.message and "is now 0.897" not in x.message
+    assert "0.897" in d.table() and "is now 0.83" in d.table()
+
+
+def test_overfitting_finding_goes_at_a_new_validation_minimum() -> None:
+    d = doctor_with([1.0 / (1 + i / 10) for i in range(100)])
+    d.val_key = "val_loss"
+    d.val = [(10, 0, 1.0, 0.9), (20, 1, 0.8, 0.6), (30, 2, 0.85, 0.4), (40, 3, 0.897, 0.2)]
+    assert [x.code for x in d.diagnose()] == ["OVERFITTING"]
+    d.val += [(50, 4, 0.79, 0.15)]  # lower than ever: the rise did not last
+    assert d.diagnose() == [] and "OVERFITTING" not in d.table()
+    d.val += [(60, 5, 0.8, 0.1)]  # one value just above the new minimum: nothing to report either
+    assert d.diagnose() == []
 
 
 def test_ignore_and_thresholds() -> None:

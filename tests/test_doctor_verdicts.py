@@ -108,11 +108,11 @@ def test_constructed_runs_get_the_right_verdicts_and_no_wrong_ones(name: str, tm
 
 
 def test_loss_scores_when_no_accuracy_is_logged_and_thresholds_are_configurable(tmp_path: Path) -> None:
-    doctor = _fit("too_small", tmp_path, capacity_keys="loss")
-    assert doctor.capacity is not None and doctor.capacity.metric == "loss"
+    doctor = _fit("too_small", tmp_path, capacity_keys="loss", thresholds={"capacity_loss_low": 0.7})
+    assert doctor.capacity is not None and doctor.capacity.metric == "loss" and not doctor.capacity.informational
     assert doctor.capacity.verdict == "underfitting" and "UNDERFITTING" in doctor.codes
     # the same run, with "poor" meaning below 0.3: no longer underfitting
-    lenient = _fit("too_small", tmp_path / "b", capacity_keys="loss", thresholds={"capacity_low": 0.3})
+    lenient = _fit("too_small", tmp_path / "b", capacity_keys="loss", thresholds={"capacity_loss_low": 0.3})
     assert lenient.capacity is not None and lenient.capacity.verdict != "underfitting"
     assert "UNDERFITTING" not in lenient.codes
 
@@ -208,10 +208,57 @@ def test_below_the_edge_no_sharpness_diagnosis() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 5, generator=g)
     y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0], [3.0]])
+    a = torch.cat([x, torch.ones(64, 1)], 1).double()
+    lam = float(torch.linalg.eigvalsh(2 * a.T @ a / 64)[-1])  # the exact Hessian of the MSE
     doctor = TrainingDoctor(check_every_n_steps=10, max_warnings=0, filename=None)
     monitor = SharpnessMonitor(every_n_epochs=None, every_n_steps=50, iters=10)
     trainer = L.Trainer(max_steps=100, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[doctor, monitor])
-    trainer.fit(_LeastSquares(lr=0.05), DataLoader(TensorDataset(x, y), batch_size=64))
+    # 0.8 of the edge: an edge 25% too low would already flag it
+    trainer.fit(_LeastSquares(lr=0.8 * 2 / lam), DataLoader(TensorDataset(x, y), batch_size=64))
     assert len(monitor.history) == 3 and not monitor.flagged
+    assert all(h["ratio"] == pytest.approx(0.8, rel=0.01) for h in monitor.history)
     assert "ABOVE_STABILITY_EDGE" not in doctor.codes
+
+
+class _NoisyRegression(L.LightningModule):
+    """Linear regression on targets with unit noise: at convergence the loss sits at its noise floor (~1),
+    not near 0, so ``1 - loss / initial`` stays far below any accuracy-like threshold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = nn.Linear(4, 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_loss", nn.functional.mse_loss(self.layer(batch[0]), batch[1]))
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=0.05)
+
+
+def _noisy(n: int, seed: int) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = x @ torch.tensor([[0.6], [-0.4], [0.3], [0.2]]) + torch.randn(n, 1, generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=n)  # full batch: the training loss settles exactly
+
+
+@pytest.mark.parametrize("thresholds", [None, {"capacity_loss_low": 0.7}])
+def test_a_converged_regression_at_its_noise_floor_is_not_underfitting(thresholds: Any, tmp_path: Path) -> None:
+    doctor = TrainingDoctor(check_every_n_steps=50, max_warnings=0, filename=None, thresholds=thresholds)
+    trainer = L.Trainer(max_epochs=150, check_val_every_n_epoch=10, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        default_root_dir=tmp_path, callbacks=[doctor])
+    trainer.fit(_NoisyRegression(), _noisy(512, 0), _noisy(512, 1))
+    cap, conv = doctor.capacity, doctor.convergence
+    assert cap is not None and cap.metric == "loss" and conv is not None and conv.state == "converged", (cap, conv)
+    assert cap.verdict == "underfitting" and cap.train < 0.7  # by the accuracy thresholds: loss only halved
+    if thresholds is None:  # reported, but only as information
+        assert "UNDERFITTING" not in doctor.codes and cap.informational and "information only" in cap.message
+        assert "capacity: underfitting" in doctor.table()
+    else:  # the user set a loss threshold: the verdict acts
+        assert not cap.informational and "UNDERFITTING" in doctor.codes

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optkit import ConfigError, OptimMixin, load_config
 from lightning_optkit.losses import UncertaintyWeightedLoss, WeightedSumLoss, build_loss
+from lightning_optkit.losses._weighting import DWAWeighting, InverseStdWeighting, rank_mean
 
 FAST_TRAINER = dict(accelerator="cpu", devices=1, enable_checkpointing=False, enable_progress_bar=False,
                     enable_model_summary=False)
@@ -116,6 +117,83 @@ def test_gradnorm_matches_hand_computation() -> None:
     for p, ref in zip(model.parameters(), ref_model_grads):
         assert torch.allclose(p.grad, ref, rtol=1e-5, atol=1e-7)
     assert loss.weights.tolist() == pytest.approx([1.5, 0.5])
+
+
+def test_gradnorm_balances_the_weighted_terms_with_coefs() -> None:
+    """G_i = coef_i * w_i * ||grad L_i||: the gradient norm of the term actually in the loss (Chen 2018)."""
+    torch.manual_seed(0)
+    model, x = _Shared(), torch.randn(5, 3)
+    loss = build_loss({"name": "weighted_sum", "losses": [{"name": "mse", "label": "a", "coef": 2.0},
+                                                         {"name": "mse", "label": "b", "coef": 0.05}],
+                       "weighting": "gradnorm", "alpha": 0.5, "shared_params": "trunk.*"})
+    loss.bind(model)
+    loss.forward_tasks(model.losses(x)).backward()  # step 1: L(0) recorded
+    w = loss.weighting.task_weights
+    with torch.no_grad():
+        w.copy_(torch.tensor([1.0, 3.0]))  # renormalised to (0.5, 1.5)
+    model.zero_grad()
+    w.grad = None
+    values = model.losses(x * 0.5)
+    total = loss.forward_tasks(values)
+    wn, coef = torch.tensor([0.5, 1.5]), torch.tensor([2.0, 0.05])
+    norms = torch.stack([torch.autograd.grad(v, model.trunk.weight, retain_graph=True)[0].norm() for v in values])
+    g = coef * wn * norms  # by hand: the weighted terms' gradient norms
+    first = torch.stack([t.detach() for t in model.losses(x)])
+    ratio = torch.stack([v.detach() for v in values]) / first
+    target = g.mean() * (ratio / ratio.mean()) ** 0.5
+    expected_grad = torch.sign(g - target) * coef * norms
+    without_coef = torch.sign(wn * norms - (wn * norms).mean() * (ratio / ratio.mean()) ** 0.5) * norms
+    assert not torch.allclose(expected_grad, without_coef, rtol=1e-3)  # the case tells the two apart
+    assert float(total.detach()) == pytest.approx(float(2.0 * 0.5 * values[0] + 0.05 * 1.5 * values[1]), rel=1e-6)
+    total.backward()
+    assert torch.allclose(w.grad, expected_grad, rtol=1e-5)
+
+
+_RANK_LOSSES = [[(1.0, 10.0), (3.0, 10.0), (3.0, 30.0), (2.0, 5.0)],   # rank 0's per-step task losses
+                [(5.0, 2.0), (1.0, 6.0), (7.0, 10.0), (2.0, 1.0)]]    # rank 1's
+
+
+def _ddp_rank(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from lightning_optkit.losses._weighting import DWAWeighting, InverseStdWeighting, rank_mean
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        rules = [InverseStdWeighting(2, window=2), DWAWeighting(2, window=1, temperature=2.0)]
+        for step in _RANK_LOSSES[rank]:
+            weights = [rule(torch.tensor(step, requires_grad=True))[0] for rule in rules]
+        mean = rank_mean(torch.tensor(_RANK_LOSSES[rank][0]))
+        torch.save({"weights": [w.detach() for w in weights], "mean": mean}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank_mean_is_a_no_op_in_one_process() -> None:
+    values = torch.tensor([1.0, 2.0])
+    assert not torch.distributed.is_initialized() and rank_mean(values) is values
+
+
+def test_inverse_std_and_dwa_record_the_mean_over_ranks_under_ddp(tmp_path: Path) -> None:
+    """Two gloo processes with different losses end with the same weights: those of the averaged losses."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    got = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert got[0]["mean"].tolist() == got[1]["mean"].tolist() == [3.0, 6.0]
+    rules = [InverseStdWeighting(2, window=2), DWAWeighting(2, window=1, temperature=2.0)]
+    for a, b in zip(*_RANK_LOSSES):
+        mean = [(x + y) / 2 for x, y in zip(a, b)]
+        expected = [rule(torch.tensor(mean, requires_grad=True))[0].detach() for rule in rules]
+    for rank in range(2):
+        for w, e in zip(got[rank]["weights"], expected):
+            assert torch.allclose(w, e, rtol=1e-6)
+    assert not torch.allclose(expected[0], torch.ones(2))  # the weights did adapt
 
 
 def test_gradnorm_unbound_or_matching_nothing_says_what_to_do() -> None:
@@ -241,6 +319,28 @@ def _fit(weighting: str, epochs: int, root: Path, ckpt: str | None = None) -> tu
     trainer = L.Trainer(max_epochs=epochs, default_root_dir=root, **kwargs)
     trainer.fit(model, _two_task_loader(), ckpt_path=ckpt, weights_only=True)
     return model, trainer
+
+
+class _NoSyncTwoTask(TwoTask):
+    """The loss, its weighting rule and its ``log_dict`` of the weights run under the host-sync guard."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, ya, yb = batch
+        h = self.trunk(x)
+        items = [(self.head_a(h), ya), (self.head_b(h), yb)]
+        with _NoSync():
+            return self.loss_fn.forward_tasks(items)
+
+
+@pytest.mark.parametrize("weighting", ["inverse_std", "dwa", "uncertainty"])
+def test_logging_the_weights_in_a_trainer_never_reads_the_host(weighting: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _NoSyncTwoTask(_optim(weighting))
+    trainer = L.Trainer(max_epochs=2, logger=L.pytorch.loggers.CSVLogger(tmp_path), log_every_n_steps=3,
+                        **FAST_TRAINER)
+    trainer.fit(model, _two_task_loader())
+    rows = (Path(trainer.logger.log_dir) / "metrics.csv").read_text().splitlines()
+    assert "loss_weight/a" in rows[0] and len(rows) - 1 == 12 // 3  # the weights did reach the logger
 
 
 @pytest.mark.parametrize("weighting", ["inverse_std", "dwa", "gradnorm", "uncertainty"])

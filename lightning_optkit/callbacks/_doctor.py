@@ -28,7 +28,7 @@ from ._verdicts import (
     sharpness_summary,
 )
 
-__all__ = ["CODES", "DEFAULT_THRESHOLDS", "Diagnosis", "TrainingDoctor"]
+__all__ = ["CODES", "DEFAULT_THRESHOLDS", "LOSS_CAPACITY_THRESHOLDS", "Diagnosis", "TrainingDoctor"]
 
 _OWNER = "TrainingDoctor"
 
@@ -71,6 +71,11 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "converging_fast": 0.1,      # relative improvement over the window for "converging fast"
     "converged": 0.01,           # relative improvement below which the loss has "converged"
 }
+#: Optional thresholds of the loss-score capacity verdict (``1 - loss / initial loss``), unset by default:
+#: a converged regression at its noise floor keeps much of its initial loss, so the accuracy
+#: thresholds mean nothing there. Unset, that verdict is information only (no UNDERFITTING code);
+#: set any of them to act on it (the others then default to their ``capacity_*`` counterparts).
+LOSS_CAPACITY_THRESHOLDS: tuple[str, ...] = ("capacity_loss_high", "capacity_loss_low", "capacity_loss_fit_gap")
 
 REMEDIES: dict[str, str] = {
     "NONFINITE_LOSS": "lower the learning rate; add gradient clipping (AutoClip, or Trainer(gradient_clip_val=1.0)); "
@@ -196,7 +201,10 @@ class TrainingDoctor(Callback):
     both are logged (keys containing ``train``/``val`` and ``acc``, or ``capacity_keys``), else loss
     scores ``1 - loss / initial training loss``: train > ``capacity_high`` and validation <
     ``capacity_low`` -> overfitting, both < ``capacity_low`` -> underfitting, ``|gap| <
-    capacity_fit_gap`` -> good fit, else inconclusive; and a **convergence** state of the training
+    capacity_fit_gap`` -> good fit, else inconclusive. A verdict on loss scores is information only
+    (no UNDERFITTING code: a regression at its noise floor keeps much of its initial loss) unless
+    ``capacity_loss_high`` / ``capacity_loss_low`` / ``capacity_loss_fit_gap`` thresholds are given,
+    which it then uses. And a **convergence** state of the training
     loss (converging fast / slowly, converged, stalled, worsening) from the relative improvement of
     its median over the last ``convergence_window`` of the steps.
 
@@ -217,7 +225,8 @@ class TrainingDoctor(Callback):
         groups: layer grouping for the gradient rules (see :class:`GradNormMonitor`).
         val_metric: the validation loss key in ``trainer.callback_metrics``; ``"auto"`` takes the first
             key containing both ``val`` and ``loss``.
-        thresholds: overrides of :data:`DEFAULT_THRESHOLDS`.
+        thresholds: overrides of :data:`DEFAULT_THRESHOLDS`, and the optional
+            :data:`LOSS_CAPACITY_THRESHOLDS`.
         ignore: codes not to report.
         max_warnings: warnings printed during training (the summary always lists everything).
         filename: name of the JSON report in the log dir; ``None`` to write none.
@@ -250,10 +259,11 @@ class TrainingDoctor(Callback):
             raise ConfigError(f"{_OWNER}.val_metric", val_metric, "'auto' or a key of trainer.callback_metrics")
         self.val_metric = val_metric
         self.thresholds = dict(DEFAULT_THRESHOLDS)
+        known = [*DEFAULT_THRESHOLDS, *LOSS_CAPACITY_THRESHOLDS]
         for key, value in (thresholds or {}).items():
-            if key not in DEFAULT_THRESHOLDS:
-                raise ConfigError(f"{_OWNER}.thresholds.{key}", value, "one of " + ", ".join(DEFAULT_THRESHOLDS),
-                                  suggestions=did_you_mean(key, DEFAULT_THRESHOLDS))
+            if key not in known:
+                raise ConfigError(f"{_OWNER}.thresholds.{key}", value, "one of " + ", ".join(known),
+                                  suggestions=did_you_mean(key, known))
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"{_OWNER}.thresholds.{key}", value, "a positive number")
             self.thresholds[key] = float(value)
@@ -662,6 +672,10 @@ class TrainingDoctor(Callback):
             return
         values = [v for _, _, v, _ in self.val]
         i_min = min(range(len(values)), key=values.__getitem__)
+        if i_min == len(values) - 1 and "OVERFITTING" in self.found:
+            # a new validation minimum: whatever rise was seen before did not last, so no finding stays
+            del self.found["OVERFITTING"]
+            return
         if i_min >= len(values) - 2:
             self._overfitting_passed()
             return
@@ -679,7 +693,8 @@ class TrainingDoctor(Callback):
             self._overfitting_passed()
 
     def _overfitting_passed(self) -> None:
-        """A rise diagnosed earlier that the later validations no longer show: say so, with the last value."""
+        """A rise diagnosed earlier that the later validations no longer show (but no new minimum either):
+        keep it, saying so, with the last value."""
         old = self.found.get("OVERFITTING")
         if old is None or ("val_peak" in old.evidence and old.evidence.get("val_now") == self.val[-1][2]):
             return
@@ -721,8 +736,15 @@ class TrainingDoctor(Callback):
             return None
         initial = max(abs(statistics.median(head)), 1e-12)
         _, _, val, train = self.val[-1]
-        return capacity_verdict(1 - train / initial, 1 - val / initial, metric="loss", train_key="train loss",
-                                val_key=self.val_key, **limits)
+        acts = any(k in th for k in LOSS_CAPACITY_THRESHOLDS)
+        limits = {k: th.get(f"capacity_loss_{k}", v) for k, v in limits.items()}
+        cap = capacity_verdict(1 - train / initial, 1 - val / initial, metric="loss", train_key="train loss",
+                               val_key=self.val_key, **limits)
+        if not acts:
+            cap.informational = True
+            cap.message += (" (information only: loss scores have no universal scale; set thresholds "
+                            "capacity_loss_low / capacity_loss_high / capacity_loss_fit_gap to act on them)")
+        return cap
 
     def _rule_capacity(self) -> None:
         """Capacity verdict and convergence state (end of fit); UNDERFITTING when both poor and flat."""
@@ -732,7 +754,7 @@ class TrainingDoctor(Callback):
                                              stalled=th["not_decreasing"])
         self.capacity = cap = self._capacity()
         conv = self.convergence
-        if cap is None or conv is None or cap.verdict != "underfitting":
+        if cap is None or conv is None or cap.verdict != "underfitting" or cap.informational:
             return
         if conv.state in ("converging fast", "stalled") or "LOSS_NOT_DECREASING" in self.found:
             return  # still improving fast: train longer first; no progress at all: LOSS_NOT_DECREASING says why

@@ -28,6 +28,8 @@ class Capacity:
 
     ``metric`` is ``"accuracy"`` (the logged keys ``train_key`` / ``val_key``) or ``"loss"`` (scores
     ``1 - loss / initial training loss``: the fraction of the starting loss removed).
+    ``informational``: the verdict is reported but raises no code (loss scores without thresholds of
+    their own).
     """
 
     verdict: str
@@ -38,6 +40,7 @@ class Capacity:
     train_key: str | None
     val_key: str | None
     message: str
+    informational: bool = False
 
 
 @dataclass

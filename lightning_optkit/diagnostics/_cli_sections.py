@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from .._io import atomic_write_bytes
+from .._io import atomic_write_json
 from ._report import CAPACITY_REMEDIES, CONVERGENCE_REMEDIES, plot_sharpness_history
 
 __all__ = ["capacity_section", "labels_section", "landscape_section", "sharpness_section"]
@@ -41,7 +39,7 @@ def capacity_section(model: Any, data: Any, doctor: Any, report: Any, show_capac
         doctor.score_metrics = {"train_key": "train accuracy (end of fit, eval mode)",
                                 "val_key": "validation accuracy", "train": train_acc, "val": val_acc}
     doctor.diagnose()
-    write_json(report.folder / "doctor.json", doctor_payload(doctor))
+    atomic_write_json(report.folder / "doctor.json", doctor_payload(doctor), default=str)
     report.file("doctor.json", "the training doctor's findings, capacity verdict and convergence state")
     if show_capacity and doctor.capacity is not None:
         cap = doctor.capacity
@@ -79,7 +77,7 @@ def sharpness_section(model: Any, data: Any, monitor: Any, report: Any, seed: in
     else:
         report.verdict("Sharpness", "below the stability edge", evidence, "nothing to change for stability")
     probe = perturbation_sharpness(model, data.train_dataloader(), model.loss_fn, sigma=0.01, samples=20, seed=seed)
-    rows = ["| step | epoch | lambda_max(H) | lambda_max(P^-1 H) | edge | ratio | above |", "|---|---|---|---|---|---|---|"]
+    rows = ["| step | epoch | lambda_max(H) | rescaled (P^-1 H) | edge | ratio | above |", "|---|---|---|---|---|---|---|"]
     for h in history:
         pre = h.get("lambda_max_preconditioned")
         rows.append(f"| {h['step']} | {h['epoch']} | {h['lambda_max']:.4g} | {'' if pre is None else f'{pre:.4g}'} | "
@@ -87,7 +85,9 @@ def sharpness_section(model: Any, data: Any, monitor: Any, report: Any, seed: in
                     f"{'' if h.get('ratio') is None else format(h['ratio'], '.3g')} | {'yes' if h.get('above_edge') else ''} |")
     body = "\n".join(rows) + (
         "\n\nFor SGD the edge is 2/lr (heavy-ball momentum: (2 + 2 beta)/lr); for Adam the preconditioned "
-        "sharpness is compared with (2 + 2 beta1)/((1 - beta1) lr). Above the edge, gradient descent on the local "
+        "sharpness is compared with (2 + 2 beta1)/((1 - beta1) lr). With parameter groups at different learning rates "
+        "each direction is scaled by its group's lr / the largest (D), and lambda_max(D^1/2 H D^1/2) (Adam: D folded "
+        "into P^-1) is compared with the edge at the largest lr. Above the edge, gradient descent on the local "
         f"quadratic model diverges along the top direction.\n\nRandom-perturbation probe at the end (relative "
         f"sigma {probe.sigma:g}, {probe.samples} samples): loss std / mean = {probe.ratio:.3g}, mean increase "
         f"{probe.increase:.3g} over the unperturbed {probe.base_loss:.4g}.\n\n![sharpness](sharpness.png)")
@@ -140,11 +140,6 @@ def labels_section(build: Any, data: Any, report: Any, folds: int, epochs: int, 
         "sample was predicted by a model that never saw it. The in-run LabelIssueFinder callback is cheaper but "
         "scores the validation set with the model being trained." + picture)
     report.section("Suspect labels", body)
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as indented JSON, atomically."""
-    atomic_write_bytes(path, json.dumps(payload, indent=2, default=str).encode("utf-8"))
 
 
 def doctor_payload(doctor: Any) -> dict[str, Any]:

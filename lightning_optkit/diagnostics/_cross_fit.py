@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from .._rng import collect_rng_state, restore_rng_state
 from ..config import ConfigError
 from ._label_issues import LabelIssues, label_issues_from_probs
-from ._state import rng_states, set_rng_states
 
 __all__ = ["find_label_issues", "stratified_folds"]
 
@@ -192,12 +192,12 @@ def find_label_issues(
     kwargs = {**_TRAINER_DEFAULTS, **dict(trainer_kwargs or {})}
     fold_of = stratified_folds(labels, folds, seed)
     t_all = time.perf_counter()
-    saved = rng_states()
+    saved = collect_rng_state()
     try:
         probs, fold_seconds = _cross_fit(build, dataset, fold_of, kwargs, batch_size, seed,
                                          predict or _default_predict, outputs)
     finally:
-        set_rng_states(saved)  # Lightning and DataLoader iterators draw from the global generators
+        restore_rng_state(saved)  # Lightning and DataLoader iterators draw from the global generators
     issues = label_issues_from_probs(probs, labels, method=method, threshold=threshold, rank_by=rank_by,
                                      keep_probs=True)
     issues.info.update(seconds=time.perf_counter() - t_all, fold_seconds=fold_seconds, folds=fold_of.tolist(),

@@ -21,12 +21,13 @@ The formulas were checked against the spectral radius of each method's 2 x 2 upd
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["Edge", "adam_preconditioner", "stability_edge"]
+__all__ = ["Edge", "adam_preconditioner", "edge_preconditioner", "stability_edge", "step_scales", "stepped_params"]
 
 
 @dataclass
@@ -35,36 +36,70 @@ class Edge:
 
     Attributes:
         value: the largest comparable eigenvalue, or ``None`` when the optimizer has no such edge.
-        kind: ``"sgd"``, ``"heavy_ball"``, ``"nesterov"``, ``"adam_preconditioned"`` or ``"none"``.
-        preconditioned: whether the eigenvalue to compare is that of ``P^-1 H`` (Adam) rather than ``H``.
+        kind: ``"sgd"``, ``"heavy_ball"``, ``"nesterov"``, ``"adam_preconditioned"`` or ``"none"``
+            (with several groups: the kind of the group whose edge is lowest).
+        preconditioned: whether the eigenvalue to compare is that of a rescaled Hessian
+            ``P^-1/2 H P^-1/2`` (``P`` from :func:`edge_preconditioner`) rather than ``H``: always for
+            Adam, and for SGD when the parameter groups take steps of different sizes.
         note: a sentence saying what is compared (for logs and reports).
+        scaled: whether the parameter groups' step sizes differ, so that ``P`` carries ``1 / D``.
     """
 
     value: float | None
     kind: str
     preconditioned: bool
     note: str
+    scaled: bool = False
 
 
 def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
     return getattr(optimizer, "_optimizer", optimizer)
 
 
-def _sgd_edge(group: dict[str, Any]) -> tuple[float, str]:
-    lr, beta = float(group["lr"]), float(group.get("momentum", 0.0) or 0.0)
+def _sgd_factor(group: dict[str, Any]) -> tuple[float, str]:
+    """``(c, kind)`` with the group's edge ``c / lr`` (its own momentum, Nesterov flag and dampening)."""
+    beta = float(group.get("momentum", 0.0) or 0.0)
     if beta == 0.0:
-        edge, kind = 2.0 / lr, "sgd"
-    elif group.get("nesterov", False):
-        edge, kind = (2.0 + 2.0 * beta) / (lr * (1.0 + 2.0 * beta)), "nesterov"
+        return 2.0, "sgd"
+    if group.get("nesterov", False):
+        return (2.0 + 2.0 * beta) / (1.0 + 2.0 * beta), "nesterov"
+    return (2.0 + 2.0 * beta) / (1.0 - float(group.get("dampening", 0.0) or 0.0)), "heavy_ball"
+
+
+def _adam_factor(group: dict[str, Any]) -> tuple[float, str]:
+    beta1 = float(group["betas"][0])
+    return (2.0 + 2.0 * beta1) / (1.0 - beta1), "adam_preconditioned"
+
+
+def _group_edges(opt: torch.optim.Optimizer) -> list[tuple[float, str]] | None:
+    """Each parameter group's own edge ``(c_g / lr_g, kind)`` (``inf`` for ``lr = 0``), or ``None``
+    when the optimizer has no edge."""
+    if isinstance(opt, torch.optim.SGD):
+        factor = _sgd_factor
+    elif isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)):
+        factor = _adam_factor
     else:
-        edge, kind = (2.0 + 2.0 * beta) / (lr * (1.0 - float(group.get("dampening", 0.0) or 0.0))), "heavy_ball"
-    return edge - float(group.get("weight_decay", 0.0) or 0.0), kind
+        return None
+    out = []
+    for g in opt.param_groups:
+        c, kind = factor(g)
+        lr = float(g.get("lr", 0.0))
+        out.append((c / lr if lr > 0 else math.inf, kind))
+    return out
 
 
 def stability_edge(optimizer: Any) -> Edge:
     """The stability edge of ``optimizer`` (a torch or Lightning optimizer) at its current learning rate.
 
-    With several parameter groups the smallest edge is returned (the group with the largest step).
+    **Several parameter groups** (``layer_decay``, ``lr_scale``, a fine-tuned backbone): group ``g``
+    alone is stable below its own edge ``e_g = c_g / lr_g`` (``c_g`` from its own momentum or
+    ``beta1``). With ``e = min_g e_g`` (the group with the largest step) and the per-parameter scale
+    ``D = e / e_g`` (``lr_g / lr_max`` when the groups share their momentum), the update is that of
+    a single group at ``e`` on the rescaled Hessian ``D^1/2 H D^1/2``; so that is what is compared
+    with ``e`` (:func:`edge_preconditioner` gives the diagonal). This is exact when the Hessian does
+    not couple groups with different momenta, the usual case being groups differing only in lr.
+    Coupled weight decay adds ``wd_g`` to group ``g``'s curvature, ``D_g wd_g`` after rescaling; the
+    largest of these is subtracted from ``e`` (conservative: it may flag slightly early).
 
     Example:
         >>> import torch
@@ -77,22 +112,65 @@ def stability_edge(optimizer: Any) -> Edge:
         True
     """
     opt = _unwrap(optimizer)
-    groups = [g for g in opt.param_groups if float(g.get("lr", 0.0)) > 0]
-    if not groups:
+    if not any(float(g.get("lr", 0.0)) > 0 for g in opt.param_groups):
         return Edge(None, "none", False, "every parameter group has lr = 0: no step, no edge")
-    if isinstance(opt, torch.optim.SGD):
-        edges = [_sgd_edge(g) for g in groups]
-        value, kind = min(edges)
-        return Edge(value, kind, False, f"lambda_max(H) compared with the {kind.replace('_', '-')} SGD edge")
-    if isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)):
-        beta1 = min(float(g["betas"][0]) for g in groups)
-        lr = max(float(g["lr"]) for g in groups)
-        value = (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
-        return Edge(value, "adam_preconditioned", True,
+    edges = _group_edges(opt)
+    if edges is None:
+        return Edge(None, "none", False, f"{type(opt).__name__} is adaptive or unknown: lambda_max(H) is reported "
+                                         "but has no stability edge to compare with")
+    value, kind = min(edges, key=lambda e: e[0])
+    finite = [e for e, _ in edges if math.isfinite(e)]
+    # a group at lr = 0 has D = 0: its parameters do not move, so they leave the comparison
+    scaled = max(finite) > min(finite) * (1.0 + 1e-9) or len(finite) < len(edges)
+    across = (" over D^1/2 H D^1/2, D = each group's step size relative to the largest (per-group learning "
+              "rates)") if scaled else ""
+    if kind == "adam_preconditioned":
+        return Edge(value, kind, True,
                     "lambda_max(P^-1 H), P = sqrt(v_hat) + eps (Adam's preconditioner), compared with (2 + 2 beta1) / "
-                    "((1 - beta1) lr); the raw lambda_max(H) is not comparable with any edge for Adam")
-    return Edge(None, "none", False, f"{type(opt).__name__} is adaptive or unknown: lambda_max(H) is reported but "
-                                     "has no stability edge to compare with")
+                    f"((1 - beta1) lr){across}; the raw lambda_max(H) is not comparable with any edge for Adam", scaled)
+    wd = max((value / e) * float(g.get("weight_decay", 0.0) or 0.0)
+             for (e, _), g in zip(edges, opt.param_groups) if math.isfinite(e))
+    name = {"sgd": "plain"}.get(kind, kind.replace("_", "-"))
+    note = (f"lambda_max(D^1/2 H D^1/2), D = each group's step size relative to the largest (per-group learning "
+            f"rates), compared with the {name} SGD edge of the largest step") if scaled else \
+        f"lambda_max(H) compared with the {name} SGD edge"
+    return Edge(value - wd, kind, scaled, note, scaled)
+
+
+def stepped_params(optimizer: Any, params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """The entries of ``params`` that ``optimizer`` steps (in a group with ``lr > 0``), in order."""
+    opt = _unwrap(optimizer)
+    live = {id(p) for g in opt.param_groups if float(g.get("lr", 0.0)) > 0 for p in g["params"]}
+    return [p for p in params if id(p) in live]
+
+
+def step_scales(optimizer: Any, params: list[torch.nn.Parameter]) -> torch.Tensor | None:
+    """The flat per-entry scale ``D = e / e_g`` over ``params`` (see :func:`stability_edge`), or ``None``
+    when a parameter is not stepped or the optimizer has no edge."""
+    opt = _unwrap(optimizer)
+    edges = _group_edges(opt)
+    if edges is None:
+        return None
+    low = min(e for e, _ in edges)
+    scale_of = {id(p): low / e for (e, _), g in zip(edges, opt.param_groups) for p in g["params"]}
+    if any(scale_of.get(id(p), 0.0) <= 0 for p in params):
+        return None
+    return torch.cat([torch.full((p.numel(),), scale_of[id(p)], dtype=p.dtype, device=p.device) for p in params])
+
+
+def edge_preconditioner(optimizer: Any, params: list[torch.nn.Parameter]) -> torch.Tensor | None:
+    """The diagonal ``P`` whose ``lambda_max(P^-1/2 H P^-1/2)`` is compared with :func:`stability_edge`.
+
+    ``P = 1 / D`` for SGD and ``(sqrt(v_hat) + eps) / D`` for Adam (``D``: :func:`step_scales`), over
+    ``params`` flattened; ``None`` when a parameter is not stepped, or before Adam's first step.
+    """
+    scales = step_scales(optimizer, params)
+    if scales is None:
+        return None
+    if isinstance(_unwrap(optimizer), (torch.optim.Adam, torch.optim.AdamW)):
+        pre = adam_preconditioner(optimizer, params)
+        return None if pre is None else pre / scales.to(pre.dtype)
+    return 1.0 / scales
 
 
 def adam_preconditioner(optimizer: Any, params: list[torch.nn.Parameter]) -> torch.Tensor | None:

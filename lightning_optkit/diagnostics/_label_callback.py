@@ -69,7 +69,12 @@ class LabelIssueFinder(Callback):
 
     The per-batch work stays on the device (no host sync); one transfer per validation epoch. Under
     DDP the epoch's records are all-gathered (each rank's validation shard must have the same length,
-    as with Lightning's default ``DistributedSampler``).
+    as with Lightning's default ``DistributedSampler``). A sample is counted once per validation run
+    even when it is seen twice (``DistributedSampler`` pads the shards by repeating samples).
+
+    **Several validation loaders**: records are kept per ``(dataloader_idx, index)``, since each
+    loader's indices start at 0; :meth:`issues` takes the loader's ``dataloader_idx`` (default 0),
+    and with ``csv_path`` loader ``k > 0`` is written beside it as ``<stem>_dl<k><suffix>``.
 
     Args:
         threshold: probability of the predicted class needed to count as confidently wrong.
@@ -93,7 +98,8 @@ class LabelIssueFinder(Callback):
         self.start_epoch = int(check_int(_OWNER, "start_epoch", start_epoch, minimum=0) or 0)
         self.csv_path = None if csv_path is None else os.fspath(csv_path)
         self.epochs_seen = 0
-        self._records: dict[int, list[float]] = {}  # index -> [seen, wrong, sum self-conf, last pred, label]
+        # (dataloader_idx, index) -> [seen, wrong, sum self-conf, last pred, label]
+        self._records: dict[tuple[int, int], list[float]] = {}
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property
@@ -101,11 +107,21 @@ class LabelIssueFinder(Callback):
         return self._generate_state_key(threshold=self.threshold, min_epochs=self.min_epochs)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs_seen": self.epochs_seen, "records": {int(k): list(v) for k, v in self._records.items()}}
+        return {"epochs_seen": self.epochs_seen,
+                "records": [[dl, idx, *rec] for (dl, idx), rec in self._records.items()]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epochs_seen = int(state_dict.get("epochs_seen", 0))
-        self._records = {int(k): list(v) for k, v in state_dict.get("records", {}).items()}
+        records = state_dict.get("records", [])
+        if isinstance(records, Mapping):  # the earlier format: index -> record, one loader
+            self._records = {(0, int(k)): list(v) for k, v in records.items()}
+        else:
+            self._records = {(int(r[0]), int(r[1])): list(r[2:]) for r in records}
+
+    @property
+    def dataloaders(self) -> list[int]:
+        """The ``dataloader_idx`` of every validation loader recorded so far."""
+        return sorted({dl for dl, _ in self._records})
 
     def _active(self, trainer: Any) -> bool:
         return not trainer.sanity_checking and trainer.current_epoch >= self.start_epoch
@@ -120,7 +136,8 @@ class LabelIssueFinder(Callback):
         target = target.to(probs.device).long().reshape(-1)
         own = probs.gather(1, target[:, None])[:, 0]
         wrong = (pred != target) & (conf >= self.threshold)
-        ints = torch.stack([index.to(probs.device).long().reshape(-1), wrong.long(), pred, target], 1)
+        index = index.to(probs.device).long().reshape(-1)
+        ints = torch.stack([torch.full_like(index, int(dataloader_idx)), index, wrong.long(), pred, target], 1)
         self._pending.append((ints, own))
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -135,17 +152,23 @@ class LabelIssueFinder(Callback):
         if getattr(trainer, "world_size", 1) > 1:
             ints = pl_module.all_gather(ints).reshape(-1, ints.shape[1])
             own = pl_module.all_gather(own).reshape(-1)
-        for (idx, wrong, pred, label), own_p in zip(ints.cpu().tolist(), own.cpu().tolist()):  # one transfer per epoch
-            rec = self._records.setdefault(int(idx), [0, 0, 0.0, 0, int(label)])
+        counted: set[tuple[int, int]] = set()
+        for (dl, idx, wrong, pred, label), own_p in zip(ints.cpu().tolist(), own.cpu().tolist()):  # one transfer
+            key = (int(dl), int(idx))
+            if key in counted:  # a repeat in this run (DistributedSampler padding): count each sample once
+                continue
+            counted.add(key)
+            rec = self._records.setdefault(key, [0, 0, 0.0, 0, int(label)])
             rec[0] += 1
             rec[1] += int(wrong)
             rec[2] += own_p
             rec[3], rec[4] = int(pred), int(label)
         self.epochs_seen += 1
 
-    def issues(self) -> LabelIssues:
-        """The samples confidently wrong in at least ``min_epochs`` epochs, lowest mean self-confidence first."""
-        keep = [(k, v) for k, v in self._records.items() if v[1] >= self.min_epochs]
+    def issues(self, dataloader_idx: int = 0) -> LabelIssues:
+        """The samples of validation loader ``dataloader_idx`` confidently wrong in at least ``min_epochs``
+        epochs, lowest mean self-confidence first (``indices`` are positions in that loader's dataset)."""
+        keep = [(k, v) for (dl, k), v in self._records.items() if dl == dataloader_idx and v[1] >= self.min_epochs]
         mean_conf = np.array([v[2] / v[0] for _, v in keep], dtype=np.float64)
         idx = np.array([k for k, _ in keep], dtype=np.int64)
         order = np.lexsort((idx, mean_conf)) if len(keep) else np.zeros(0, dtype=np.int64)
@@ -155,7 +178,8 @@ class LabelIssueFinder(Callback):
             predicted_label=np.array([v[3] for _, v in keep], dtype=np.int64)[order],
             self_confidence=mean_conf[order], score=mean_conf[order], method="confident_wrong_in_run",
             ranked_by="mean_self_confidence",
-            info={"times_wrong": times[order].tolist(), "epochs_seen": self.epochs_seen, "threshold": self.threshold},
+            info={"times_wrong": times[order].tolist(), "epochs_seen": self.epochs_seen, "threshold": self.threshold,
+                  "dataloader_idx": dataloader_idx},
         )
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
@@ -164,9 +188,12 @@ class LabelIssueFinder(Callback):
 
     @rank_zero_only
     def _write(self, path: str) -> None:
-        issues = self.issues()
-        issues.to_csv(path)
-        rank_zero_info(f"{_OWNER}: {len(issues)} suspect validation labels written to {path}")
+        stem, suffix = os.path.splitext(path)
+        for dl in self.dataloaders or [0]:
+            target = path if dl == 0 else f"{stem}_dl{dl}{suffix}"
+            issues = self.issues(dl)
+            issues.to_csv(target)
+            rank_zero_info(f"{_OWNER}: {len(issues)} suspect validation labels written to {target}")
 
 
 def _unpack(outputs: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -9,13 +9,14 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader
 
+from .._rng import collect_rng_state, loader_generators, restore_rng_state
 from ..callbacks._health_utils import check_int, check_number, fmt, log_metrics, log_step
 from ..config import ConfigError
-from ._edge import Edge, adam_preconditioner, stability_edge
+from ._edge import Edge, edge_preconditioner, stability_edge, stepped_params
 from ._hessian import Forward, hessian_eigenvalues, select_params
-from ._state import rng_states, set_rng_states
 
 __all__ = ["SharpnessMonitor"]
 
@@ -27,8 +28,9 @@ class SharpnessMonitor(Callback):
 
     At each check the largest eigenvalue of the Hessian of the loss over a **fixed** set of training
     batches (the first ``num_batches`` of the training loader, taken once at the start of fit, in eval
-    mode) is estimated by Lanczos with at most ``iters`` Hessian-vector products, so one check costs
-    at most ``iters * num_batches`` double backward passes. It is compared with the stability edge of
+    mode; saved in the checkpoint, so a resumed run probes the same loss) is estimated by Lanczos
+    with at most ``iters`` Hessian-vector products, so one check costs at most
+    ``iters * num_batches`` double backward passes. It is compared with the stability edge of
     the first optimizer at its current learning rate (see :mod:`._edge`):
 
     * SGD: ``lambda_max(H)`` against ``2 / lr``; heavy-ball momentum ``(2 + 2 beta) / lr``;
@@ -37,6 +39,10 @@ class SharpnessMonitor(Callback):
       *preconditioned* sharpness ``lambda_max(P^-1 H)`` (``P = sqrt(v_hat) + eps``) is computed as
       well and compared with ``(2 + 2 beta1) / ((1 - beta1) lr)``.
     * Other optimizers: ``lambda_max(H)`` is logged, nothing is flagged.
+    * Parameter groups with different learning rates (or momenta): each parameter's direction is
+      scaled by its group's step size relative to the largest, ``D = lr_g / lr_max``, and
+      ``lambda_max(D^1/2 H D^1/2)`` (Adam: ``D`` folded into ``P^-1``) is compared with the edge of
+      the largest step; it is logged as ``lambda_max_preconditioned`` (one more eigen-solve per check).
 
     Above the edge (``lambda > edge * (1 + tolerance)``) gradient descent on the local quadratic
     model diverges along the top direction: training either blows up or bounces back to the edge
@@ -95,21 +101,29 @@ class SharpnessMonitor(Callback):
         self.first_flag_step: int | None = None
         self._above = False
         self._batches: list[Any] = []
-        self._last_step_checked = -1
+        self._last_step_checked = -1  # saved: with gradient accumulation a resumed step must not be re-checked
+        self._restored_batches = False
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(prefix=self.prefix)
 
     def state_dict(self) -> dict[str, Any]:
+        """History, flags, the last step checked and the fixed batches (so a resumed run probes the same loss)."""
         return {"history": [dict(h) for h in self.history], "flagged": self.flagged,
-                "first_flag_step": self.first_flag_step, "above": self._above}
+                "first_flag_step": self.first_flag_step, "above": self._above,
+                "last_step_checked": self._last_step_checked,
+                "batches": apply_to_collection(self._batches, torch.Tensor, lambda t: t.detach().cpu())}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(h) for h in state_dict.get("history", [])]
         self.flagged = bool(state_dict.get("flagged", False))
         self.first_flag_step = state_dict.get("first_flag_step")
         self._above = bool(state_dict.get("above", False))
+        self._last_step_checked = int(state_dict.get("last_step_checked", -1))
+        batches = state_dict.get("batches")
+        self._batches = list(batches) if batches else []
+        self._restored_batches = bool(self._batches)  # keep them at the next on_train_start
 
     # -- lifecycle -------------------------------------------------------------------------------
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -119,7 +133,9 @@ class SharpnessMonitor(Callback):
             except (AttributeError, ConfigError) as err:
                 raise ConfigError(f"{_OWNER}.loss_fn", None, "a loss_fn(outputs, targets), or a module with `loss_fn`",
                                   hint="pass SharpnessMonitor(loss_fn=torch.nn.CrossEntropyLoss())") from err
-        self._batches = self._take_batches(trainer.train_dataloader)
+        if not self._restored_batches:  # a resumed run probes the batches the original run drew
+            self._batches = self._take_batches(trainer.train_dataloader)
+        self._restored_batches = False
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self.check_at_start and trainer.global_step == 0 and self._last_step_checked < 0 and batch_idx == 0:
@@ -141,9 +157,9 @@ class SharpnessMonitor(Callback):
         if not isinstance(loader, DataLoader):
             raise ConfigError(f"{_OWNER}.data", type(loader).__name__, "a single training DataLoader",
                               hint="with several training loaders, subclass and override _take_batches")
-        gens = [g for g in {id(g): g for g in _loader_generators(loader)}.values()]
+        gens = loader_generators([loader])
         saved_gens = [g.get_state() for g in gens]
-        saved = rng_states()
+        saved = collect_rng_state()
         try:
             out = []
             for batch in loader:
@@ -151,28 +167,31 @@ class SharpnessMonitor(Callback):
                 if len(out) >= self.num_batches:
                     break
         finally:
-            set_rng_states(saved)
+            restore_rng_state(saved)
             for g, s in zip(gens, saved_gens):
                 g.set_state(s)
         return out
 
-    def _eigen(self, pl_module: Any, preconditioner: torch.Tensor | None = None) -> tuple[float, int, float]:
+    def _eigen(self, pl_module: Any, preconditioner: torch.Tensor | None = None,
+               params: list[torch.nn.Parameter] | None = None) -> tuple[float, int, float]:
         res = hessian_eigenvalues(pl_module, self._batches, self.loss_fn, k=1, iters=self.iters, tol=self.tol,  # type: ignore[arg-type]
-                                  params=self.params, forward=self.forward, max_batches=None,
+                                  params=self.params if params is None else params, forward=self.forward,
+                                  max_batches=None,
                                   preconditioner=preconditioner)
         return res.eigenvalues[0], res.hvps, res.seconds
 
     def _check(self, trainer: Any, pl_module: Any) -> None:
         step = int(trainer.global_step)
         self._last_step_checked = step
-        edge = stability_edge(trainer.optimizers[0])
+        optimizer = trainer.optimizers[0]
+        edge = stability_edge(optimizer)
         lam, hvps, seconds = self._eigen(pl_module)
         lam_pre = None
         if edge.preconditioned:
-            _, chosen = select_params(pl_module, self.params)
-            pre = adam_preconditioner(trainer.optimizers[0], chosen)
+            stepped = stepped_params(optimizer, select_params(pl_module, self.params)[1])
+            pre = edge_preconditioner(optimizer, stepped) if stepped else None
             if pre is not None:
-                lam_pre, more, secs = self._eigen(pl_module, pre)
+                lam_pre, more, secs = self._eigen(pl_module, pre, stepped)
                 hvps, seconds = hvps + more, seconds + secs
         values = trainer.strategy.broadcast(torch.tensor([lam, math.nan if lam_pre is None else lam_pre]), src=0)
         lam, lam_pre = float(values[0]), (None if math.isnan(float(values[1])) else float(values[1]))
@@ -203,10 +222,3 @@ class SharpnessMonitor(Callback):
             if self.first_flag_step is None:
                 self.first_flag_step = step
         self._above = above
-
-
-def _loader_generators(loader: DataLoader) -> list[torch.Generator]:
-    """The private generators a DataLoader's iteration may advance (loader, sampler, batch sampler's sampler)."""
-    holders = [loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None),
-               getattr(getattr(loader, "batch_sampler", None), "sampler", None)]
-    return [g for h in holders if h is not None and isinstance(g := getattr(h, "generator", None), torch.Generator)]

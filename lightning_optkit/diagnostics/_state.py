@@ -8,34 +8,16 @@ bit-for-bit as they were, whether the probe returns or raises.
 from __future__ import annotations
 
 import contextlib
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ModelSnapshot", "preserved", "restore", "rng_states", "set_rng_states", "snapshot"]
+from .._rng import collect_rng_state, restore_rng_state
 
-
-def rng_states() -> dict[str, Any]:
-    """The states of Python's, NumPy's and torch's (CPU and initialized CUDA) global generators."""
-    states: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
-                              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    """Put back what :func:`rng_states` captured."""
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states:
-        torch.cuda.set_rng_state_all(states["cuda"])
+__all__ = ["ModelSnapshot", "preserved", "restore", "snapshot"]
 
 
 @dataclass
@@ -53,7 +35,7 @@ def snapshot(model: nn.Module) -> ModelSnapshot:
     with torch.no_grad():
         params = [(p, p.detach().clone(), p.requires_grad) for p in model.parameters()]
         buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    return ModelSnapshot(params, buffers, [(m, m.training) for m in model.modules()], rng_states())
+    return ModelSnapshot(params, buffers, [(m, m.training) for m in model.modules()], collect_rng_state())
 
 
 def restore(snap: ModelSnapshot) -> None:
@@ -66,7 +48,7 @@ def restore(snap: ModelSnapshot) -> None:
             b.copy_(saved)
     for module, training in snap.modes:
         module.training = training
-    set_rng_states(snap.rng)
+    restore_rng_state(snap.rng)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._weighting import GradNormWeighting, UncertaintyWeighting, build_weighting
+from ._weighting import GradNormWeighting, build_weighting, uncertainty_terms
 
 __all__ = ["UncertaintyWeightedLoss", "WeightedSumLoss"]
 
@@ -181,7 +181,7 @@ class WeightedSumLoss(nn.Module):
         options = {"window": window, "temperature": temperature, "alpha": alpha,
                    "shared_params": shared_params, "init_log_var": init_log_var}
         self.weighting_name = weighting
-        self.weighting: nn.Module | None = build_weighting(weighting, len(modules), options)
+        self.weighting: nn.Module | None = build_weighting(weighting, len(modules), options, self.coefs)
         if self.weighting is not None:  # on the device with the module: no host-to-device copy per step
             self.register_buffer("coef_tensor", torch.tensor(self.coefs), persistent=False)
         self.log_weights = bool(log_weights)
@@ -256,8 +256,6 @@ class WeightedSumLoss(nn.Module):
         rule = self.weighting
         if isinstance(rule, GradNormWeighting):
             return rule.normalized()
-        if isinstance(rule, UncertaintyWeighting):
-            return torch.exp(-rule.log_vars.detach())
         return rule.weights.detach().clone()  # type: ignore[union-attr]
 
     def extra_repr(self) -> str:
@@ -377,7 +375,7 @@ class UncertaintyWeightedLoss(nn.Module):
     @property
     def weights(self) -> Tensor:
         """The current effective weight ``a_i * exp(-s_i)`` of each task loss (detached)."""
-        return (self.scale_loss * torch.exp(-self.log_vars)).detach()
+        return uncertainty_terms(self.log_vars.detach(), self.scale_loss, self.scale_reg)[0]
 
     def _task_losses(self, items: Any) -> Tensor:
         return torch.stack(_task_values(items, self.labels, list(self.parts))).to(self.log_vars.dtype)
@@ -385,8 +383,8 @@ class UncertaintyWeightedLoss(nn.Module):
     def forward(self, items: Sequence[Any] | Mapping[str, Any] | Tensor) -> Tensor:
         """Uncertainty-weighted total of one item per task (see the class docstring)."""
         losses = self._task_losses(items)
-        s = self.log_vars
-        total = (self.scale_loss * torch.exp(-s) * losses + self.scale_reg * s).sum()
+        weights, reg = uncertainty_terms(self.log_vars, self.scale_loss, self.scale_reg)
+        total = (weights * losses).sum() + reg
         self.last_parts = dict(zip(self.labels, losses.detach().unbind()))
         return total
 

@@ -17,7 +17,8 @@ Given the per-task losses ``L_i`` of one step and the entries' ``coef_i``, the t
 * ``gradnorm`` (Chen et al., ICML 2018): learnable ``w`` (a parameter, so it joins the optimizer
   with the LightningModule's other parameters; give ``loss_fn.*`` its own LR with a
   ``param_groups`` rule), renormalised to sum ``K`` before each step. With
-  ``G_i = w_i ||grad_W L_i||`` over the *shared parameters* ``W``, the weights descend
+  ``G_i = |coef_i| w_i ||grad_W L_i||`` over the *shared parameters* ``W`` (the gradient norm of the
+  term ``coef_i w_i L_i`` actually in the total, as the paper balances the weighted terms), the weights descend
   ``sum_i |G_i - mean(G) * (Ltilde_i / mean(Ltilde)) ** alpha|`` where ``Ltilde_i = L_i / L_i(0)``
   and the target is a constant, as in the paper. The model's parameters get the gradient of
   ``sum coef_i w_i L_i`` only.
@@ -26,6 +27,8 @@ Given the per-task losses ``L_i`` of one step and the entries' ``coef_i``, the t
   reachable from ``weighted_sum``).
 
 Weights only adapt in training mode with gradients enabled; validation uses the current ones.
+Under DDP, ``inverse_std`` and ``dwa`` record the losses averaged over the ranks (an all-reduce of
+``K`` values on the device per step), so every rank holds the same history and weights.
 
 **Shared parameters** (``gradnorm`` only): ``shared_params`` is a glob, or a list of globs
 (``re:<regex>`` for a regex), over the ``named_parameters()`` of the module the loss is bound to,
@@ -53,6 +56,8 @@ __all__ = [
     "InverseStdWeighting",
     "UncertaintyWeighting",
     "build_weighting",
+    "rank_mean",
+    "uncertainty_terms",
     "weighting_problem",
 ]
 
@@ -119,8 +124,12 @@ def _option(options: dict[str, Any], key: str) -> Any:
     return _OPTIONS[key][1] if value is None else value
 
 
-def build_weighting(weighting: str, num_tasks: int, options: dict[str, Any]) -> nn.Module | None:
-    """The rule module for ``weighting`` (``None`` for ``fixed``); raises ``ValueError`` on bad options."""
+def build_weighting(weighting: str, num_tasks: int, options: dict[str, Any],
+                    coefs: Sequence[float] | None = None) -> nn.Module | None:
+    """The rule module for ``weighting`` (``None`` for ``fixed``); raises ``ValueError`` on bad options.
+
+    ``coefs`` are the entries' fixed mixing weights (``gradnorm`` balances ``coef_i w_i L_i``).
+    """
     problem = weighting_problem(weighting, options)
     if problem is not None:
         key, value, expected, hint = problem
@@ -130,7 +139,7 @@ def build_weighting(weighting: str, num_tasks: int, options: dict[str, Any]) -> 
     if weighting == "dwa":
         return DWAWeighting(num_tasks, _option(options, "window"), float(_option(options, "temperature")))
     if weighting == "gradnorm":
-        return GradNormWeighting(num_tasks, options["shared_params"], float(_option(options, "alpha")))
+        return GradNormWeighting(num_tasks, options["shared_params"], float(_option(options, "alpha")), coefs)
     if weighting == "uncertainty":
         return UncertaintyWeighting(num_tasks, float(_option(options, "init_log_var")))
     return None
@@ -138,6 +147,29 @@ def build_weighting(weighting: str, num_tasks: int, options: dict[str, Any]) -> 
 
 def _adapting(module: nn.Module, losses: Tensor) -> bool:
     return module.training and torch.is_grad_enabled() and losses.requires_grad
+
+
+def rank_mean(values: Tensor) -> Tensor:
+    """``values`` averaged over the ranks of the default process group, on their device (no host sync).
+
+    Under DDP each rank sees its own batch, so without this the loss histories, and with them the
+    ``inverse_std`` and ``dwa`` weights, would drift apart across ranks. A no-op (``values`` itself)
+    unless ``torch.distributed`` is initialized with more than one rank. SUM then divide, since gloo
+    has no ``AVG``.
+
+    Example:
+        >>> rank_mean(torch.tensor([1.0, 2.0])).tolist()  # a single process
+        [1.0, 2.0]
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    world = dist.get_world_size()
+    if world <= 1:
+        return values
+    out = values.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / world
 
 
 class InverseStdWeighting(nn.Module):
@@ -165,7 +197,7 @@ class InverseStdWeighting(nn.Module):
     def forward(self, losses: Tensor) -> tuple[Tensor, Tensor | None]:
         """Record this step's losses (training only) and return ``(weights, None)``."""
         if _adapting(self, losses):
-            values = losses.detach().to(self.history.dtype)
+            values = rank_mean(losses.detach().to(self.history.dtype))
             self.history.index_copy_(0, (self.count % self.window).view(1), values.view(1, -1))
             self.count.add_(1)
             n = self.count.clamp(max=self.window).to(self.history.dtype)
@@ -207,7 +239,7 @@ class DWAWeighting(nn.Module):
         """Return this step's weights (from earlier periods), then record the losses (training only)."""
         weights = self.weights.to(losses.dtype).clone()
         if _adapting(self, losses):
-            self.acc.add_(losses.detach().to(self.acc.dtype))
+            self.acc.add_(rank_mean(losses.detach().to(self.acc.dtype)))
             self.steps.add_(1)
             done = self.steps >= self.window
             mean = self.acc / self.window
@@ -249,11 +281,17 @@ class GradNormWeighting(nn.Module):
 
     initial: Tensor
     started: Tensor
+    coef_abs: Tensor
 
-    def __init__(self, num_tasks: int, shared_params: str | Sequence[str], alpha: float = 1.5) -> None:
+    def __init__(self, num_tasks: int, shared_params: str | Sequence[str], alpha: float = 1.5,
+                 coefs: Sequence[float] | None = None) -> None:
         super().__init__()
         self.globs = [shared_params] if isinstance(shared_params, str) else list(shared_params)
         self.alpha = float(alpha)
+        coef_abs = torch.ones(num_tasks) if coefs is None else torch.tensor([abs(float(c)) for c in coefs])
+        if coef_abs.numel() != num_tasks:
+            raise ValueError(f"coefs: expected {num_tasks} mixing weights (one per task), got {coef_abs.numel()}")
+        self.register_buffer("coef_abs", coef_abs, persistent=False)  # on the module's device: no copy per step
         self.task_weights = nn.Parameter(torch.ones(num_tasks))
         self.register_buffer("initial", torch.ones(num_tasks))
         self.register_buffer("started", torch.zeros((), dtype=torch.bool))
@@ -306,12 +344,28 @@ class GradNormWeighting(nn.Module):
             flat = [g.reshape(-1) for g in grads if g is not None]
             norms.append(torch.linalg.vector_norm(torch.cat(flat)) if flat else detached.new_zeros(()))
         w = self.task_weights
-        g = w * torch.stack(norms).to(w.dtype)
+        g = self.coef_abs.to(w.dtype) * w * torch.stack(norms).to(w.dtype)  # ||grad_W (coef_i w_i L_i)||
         ratio = detached.to(w.dtype) / self.initial.clamp_min(torch.finfo(w.dtype).tiny)
         target = (g.mean() * (ratio / ratio.mean()) ** self.alpha).detach()
         (grad_w,) = torch.autograd.grad((g - target).abs().sum(), w)
         surrogate = (w * grad_w).sum()
         return w.detach().to(losses.dtype), (surrogate - surrogate.detach()).to(losses.dtype)
+
+
+def uncertainty_terms(log_vars: Tensor, scale_loss: Tensor | float = 1.0,
+                      scale_reg: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
+    """Kendall et al.'s weights ``a_i exp(-s_i)`` and regulariser ``sum_i b_i s_i`` for ``s = log_vars``.
+
+    The one place of this math: :class:`UncertaintyWeighting` (``a = b = 1``) and
+    :class:`~lightning_optkit.losses.UncertaintyWeightedLoss` (per-task ``a``, ``b``) both use it;
+    the total is ``sum_i w_i L_i + reg``.
+
+    Example:
+        >>> w, reg = uncertainty_terms(torch.tensor([0.0, 1.0]), 0.5, torch.tensor([1.0, 0.5]))
+        >>> [round(v, 4) for v in w.tolist()], float(reg)
+        ([0.5, 0.1839], 0.5)
+    """
+    return scale_loss * torch.exp(-log_vars), (scale_reg * log_vars).sum()
 
 
 class UncertaintyWeighting(nn.Module):
@@ -328,7 +382,11 @@ class UncertaintyWeighting(nn.Module):
         super().__init__()
         self.log_vars = nn.Parameter(torch.full((num_tasks,), float(init_log_var)))
 
+    @property
+    def weights(self) -> Tensor:
+        """The current weights ``exp(-s)`` (detached)."""
+        return uncertainty_terms(self.log_vars.detach())[0]
+
     def forward(self, losses: Tensor) -> tuple[Tensor, Tensor | None]:
         """Return ``(exp(-s), sum(s))``; both carry gradients to ``s``."""
-        s = self.log_vars.to(losses.dtype)
-        return torch.exp(-s), s.sum()
+        return uncertainty_terms(self.log_vars.to(losses.dtype))
