@@ -150,13 +150,23 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``optkit diagnose``; returns the exit status."""
     chosen = [a for a in ANALYSES if getattr(args, a)] or list(ANALYSES)
     import logging
+
+    lightning_logger = logging.getLogger("lightning.pytorch")
+    level = lightning_logger.level
+    lightning_logger.setLevel(logging.WARNING)  # no per-Trainer banners; put back afterwards (in-process callers)
+    try:
+        return _run(args, chosen)
+    finally:
+        lightning_logger.setLevel(level)
+
+
+def _run(args: argparse.Namespace, chosen: list[str]) -> int:
     import warnings
 
     import lightning as L
 
     from ._report import DiagnoseReport
 
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     L.seed_everything(args.seed, workers=True, verbose=False)
     setup = _setup(args)
     setup.data.setup("fit")
