@@ -150,6 +150,27 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
     return atomic_write(path, lambda f: f.write(data), fsync=fsync).sha256
 
 
+def atomic_write_figure(path: str | os.PathLike[str], fig: Any, **savefig: Any) -> str:
+    """Render a matplotlib figure to PNG and write it atomically (its folder is created).
+
+    ``savefig`` goes to ``Figure.savefig`` (default ``bbox_inches="tight"``).
+
+    Example:
+        >>> import tempfile
+        >>> from matplotlib.figure import Figure
+        >>> fig = Figure(); _ = fig.subplots().plot([0, 1])
+        >>> atomic_write_figure(os.path.join(tempfile.mkdtemp(), "a", "f.png"), fig).endswith("f.png")
+        True
+    """
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **{"bbox_inches": "tight", **savefig})
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return os.fspath(path)
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, fsync: bool = True,
                       default: Callable[[Any], Any] | None = None) -> str:
     """Write ``obj`` as indented JSON to ``path`` durably; returns the sha256 of the bytes written.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Sequence
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import atomic_write
+from .._io import atomic_write_figure
 from ..config import ConfigError
 
 __all__ = ["issue_image_grid", "log_issue_images"]
@@ -69,11 +68,7 @@ def issue_image_grid(issues: Any, images: Any, path: str | os.PathLike[str] | No
         fig.text(0.5, 0.5, "no suspect labels", ha="center")
     fig.suptitle("suspect labels: given -> predicted", fontsize=9)
     if path is not None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", bbox_inches="tight")
-        data = buf.getvalue()
-        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-        atomic_write(path, lambda f: f.write(data))
+        atomic_write_figure(path, fig)
     return fig
 
 

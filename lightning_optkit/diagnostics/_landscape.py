@@ -13,7 +13,6 @@ model is restored bit for bit afterwards.
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from collections.abc import Iterable
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import atomic_write
+from .._io import atomic_write_figure
 from ..config import ConfigError
 from ._hessian import Forward, LossFn, LossProbe, fixed_batches
 from ._state import preserved
@@ -80,11 +79,7 @@ class LossLandscape:
             ax.set_ylabel("beta")
         ax.set_title(title or f"loss landscape ({self.dims}-D, filter-normalized)")
         if path is not None:
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", bbox_inches="tight")
-            data = buf.getvalue()
-            os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-            atomic_write(path, lambda f: f.write(data))
+            atomic_write_figure(path, fig)
         return fig
 
 

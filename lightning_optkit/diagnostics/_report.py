@@ -7,13 +7,12 @@ canvas directly (no pyplot state, no display).
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_bytes
+from .._io import atomic_write_bytes, atomic_write_figure
 
 __all__ = ["CAPACITY_REMEDIES", "CONVERGENCE_REMEDIES", "DiagnoseReport", "plot_sharpness_history"]
 
@@ -120,7 +119,4 @@ def plot_sharpness_history(history: list[dict[str, Any]], path: str | os.PathLik
     ax.set_ylabel("eigenvalue")
     ax.set_title("sharpness during training")
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_figure(path, fig)

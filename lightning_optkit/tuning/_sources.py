@@ -9,7 +9,6 @@ strings (:meth:`ModelSource.describe`), so a process launcher can rebuild it in 
 from __future__ import annotations
 
 import copy
-import importlib
 import inspect
 import json
 import os
@@ -62,19 +61,9 @@ def _import_object(path: str, label: str) -> Any:
             return getattr(main, attr)
         raise ConfigError(label, path, "an importable path, not __main__",
                           hint="name the class by the module it is defined in, e.g. mypkg.models.Net")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(label, path, f"an importable module ({exc})") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        from ..config import did_you_mean
+    from .._cli_args import import_object
 
-        names = [n for n in dir(module) if not n.startswith("_")]
-        raise ConfigError(label, path, f"a name defined in {module_name}", suggestions=did_you_mean(attr, names)) from None
+    return import_object(path, label)
 
 
 def _module_stem(module: str) -> str:
@@ -434,15 +423,6 @@ class LightningCLISource(ModelSource):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.cli_config.describe(), "model": self.model_cls.__module__ + "."
                 + self.model_cls.__qualname__}
-
-
-def _jsonargparse_reason(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for i, ln in enumerate(lines):
-        if ln.startswith("- Problem with given class_path"):
-            detail = lines[i + 1] if i + 1 < len(lines) else ""
-            return (ln.removeprefix("- ").rstrip(":") + (": " + detail if detail else "")).strip()
-    return lines[0] if lines else "invalid"
 
 
 def _trainer_repr(kwargs: Mapping[str, Any]) -> str:
