@@ -20,6 +20,7 @@ test: install
 
 lint:
 	ruff check lightning_optkit tests examples benchmarks
+	lint-imports
 
 bench: install
 	$(PYTHON) benchmarks/bench_schedules.py

@@ -1,7 +1,7 @@
 """The LR range test: one engine behind :func:`find_lr` and the ``LRFinder`` callback.
 
 * :func:`find_lr` -- run a test on a model and its data, get an :class:`LRFinderResult`.
-* :class:`~lightning_optkit.callbacks.LRFinder` -- run it inside ``Trainer.fit``: at the start, and
+* :class:`LRFinder` (also ``lightning_optkit.callbacks.LRFinder``) -- run it inside ``Trainer.fit``: at the start, and
   at chosen epochs (after unfreezing a backbone), writing the suggestion into the optim config.
 * :data:`RULES` -- the suggestion rules; :data:`DEFAULT_RULE` was chosen by
   ``benchmarks/lr_finder_quality.py``.
@@ -18,6 +18,7 @@ Example:
 """
 
 from ._api import find_lr
+from ._callback import LRFinder
 from ._apply import LRPlan, ScheduleProfile, apply_result, lr_plan, schedule_profile, write_config
 from ._engine import RangeTestSettings, run_range_test, sweep_lrs
 from ._result import LRFinderResult
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_RULE",
     "RULES",
     "Curve",
+    "LRFinder",
     "LRFinderResult",
     "LRPlan",
     "RangeTestSettings",

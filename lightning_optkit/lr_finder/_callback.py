@@ -11,8 +11,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..config import ConfigError
-from ..lr_finder import DEFAULT_RULE, LRFinderResult, RangeTestSettings, apply_result, run_range_test
 from ..schedules import follow_param_groups
+from ._apply import apply_result
+from ._engine import RangeTestSettings, run_range_test
+from ._result import LRFinderResult
+from ._rules import DEFAULT_RULE
 
 __all__ = ["LRFinder"]
 
@@ -32,7 +35,7 @@ def _epochs(value: Any) -> tuple[int, ...]:
 
 def _live_groups(trainer: L.Trainer, index: int) -> str:
     """The live optimizer's groups and their LRs now, e.g. ``Adam (3 groups): lr 0.01, 0.001, 0.001``."""
-    from ._grad_stats import unwrap_optimizer
+    from ..callbacks._grad_stats import unwrap_optimizer
 
     opt = unwrap_optimizer(trainer.optimizers[index])
     n = len(opt.param_groups)
