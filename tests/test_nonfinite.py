@@ -17,8 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optkit import ConfigError
-from lightning_optkit.callbacks import NonFiniteGuard
-from lightning_optkit.callbacks._nonfinite import NonFiniteError
+from lightning_optkit.callbacks import NonFiniteError, NonFiniteGuard
 
 POLICIES = ["skip", "reduce_lr", "rollback", "stop", "raise"]
 

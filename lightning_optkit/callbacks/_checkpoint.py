@@ -1,14 +1,20 @@
-"""Checkpoint: atomic, verifiable checkpoints with top-k, ``last`` at every save, async writing, exact resume."""
+"""Checkpoint: atomic, verifiable checkpoints with top-k, ``last`` at every save, async writing, exact resume.
+
+This module wires the callback into Lightning's hooks (when to save, what to record); each concept
+lives in its own module:
+
+* :mod:`._ckpt_args`: the checks of ``Checkpoint(...)``'s arguments;
+* :mod:`._ckpt_plan`: top-k planning (which file a save writes and which it removes), pure functions;
+* :mod:`._ckpt_triggers`: facts of the fit loop that decide when a save happens;
+* :mod:`._ckpt_store`: writing files (atomic, fsynced, hashed), the manifest, the background writer;
+* :mod:`._ckpt_resume`: exact resume (random states, fast-forwarding the loader), as a mixin.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
-import re
 import sys
 import time
-import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,8 +24,11 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint as _LightningCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ..config import ConfigError, did_you_mean
-from ._ckpt_resume import capture_rng, fast_forward, restore_rng, stateful_loaders
+from ..config import ConfigError
+from ._ckpt_args import EXT as _EXT
+from ._ckpt_args import check_arguments
+from ._ckpt_plan import best_of, format_name, missing_monitor, plan_top_k, ranking_score
+from ._ckpt_resume import ResumeHooks
 from ._ckpt_store import (
     AsyncWriter,
     CheckpointStore,
@@ -28,65 +37,18 @@ from ._ckpt_store import (
     SaveStats,
     candidates,
     latest_valid,
+    save_emergency,
     verify,
-    write_emergency,
 )
+from ._ckpt_triggers import epoch_save_at_train_end, optimizer_stepped, validation_follows
 from ._reduce import mean_over_ranks
 
 __all__ = ["Checkpoint"]
 
-_PLACEHOLDER = re.compile(r"\{([^{}:]+)(:[^{}]*)?\}")
-_EXT = ".ckpt"
-
-
-def _check_filename(filename: Any) -> None:
-    """A file name template: ``/`` may appear in a metric name between braces, never outside them."""
-    if not isinstance(filename, str) or not filename:
-        raise ConfigError("Checkpoint.filename", filename, "a file name template without folders",
-                          hint="put folders in dirpath; e.g. filename='{epoch}-{val_loss:.3f}'")
-    outside = _PLACEHOLDER.sub("", filename)
-    if "/" in outside or "\\" in outside:
-        fixed = _PLACEHOLDER.sub(lambda m: m.group(0).replace("/", "\x00"), filename)
-        fixed = fixed.replace("/", "_").replace("\\", "_").replace("\x00", "/")
-        raise ConfigError("Checkpoint.filename", filename, "a file name template without folders (a '/' may "
-                          "appear only inside a metric's braces, as in {val/acc})",
-                          hint=f"put folders in dirpath; e.g. filename={fixed!r}")
 _SHARDED = ("FSDP", "DeepSpeed", "ModelParallel")
-# Lightning warns that a mid-epoch resume of a plain DataLoader is unreliable; with the fast-forward
-# below it is exact, so the warning is silenced between on_train_start and the first batch of a resume.
-_LIGHTNING_RESUME_WARNING = r"You're resuming from a checkpoint that ended before the epoch ended"
-_DEFAULT_FLAGS = {"save_last": True, "async_save": False, "fsync": True, "save_on_exception": True,
-                  "restore_rng": True}
 
 
-def _positive_or_none(name: str, value: Any, *, allow_zero: bool = True) -> int | None:
-    if value is None:
-        return None
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"Checkpoint.{name}", value, f"None or an integer >= {low}",
-                          hint=f"Checkpoint({name}=1) saves every {name.split('_')[-1].rstrip('s')}")
-    return value
-
-
-class _FirstFetch:
-    """Stands in for the fit loop's data iterator until the first batch of a resumed run is fetched."""
-
-    def __init__(self, callback: Checkpoint, trainer: pl.Trainer, inner: Any) -> None:
-        self.callback, self.trainer, self.inner = callback, trainer, inner
-
-    def __iter__(self) -> _FirstFetch:
-        return self
-
-    def __next__(self) -> Any:
-        fetcher = self.trainer.fit_loop._data_fetcher
-        if fetcher is not None and fetcher.iterator is self:
-            fetcher.iterator = self.inner
-        self.callback._on_first_fetch(self.trainer)
-        return next(self.inner)
-
-
-class Checkpoint(_LightningCheckpoint):
+class Checkpoint(ResumeHooks, _LightningCheckpoint):
     """Checkpoints that survive crashes: atomic files, a verified manifest, ``last`` at every save.
 
     Every save writes the checkpoint to a temporary file in the target folder, fsyncs it, renames
@@ -172,46 +134,12 @@ class Checkpoint(_LightningCheckpoint):
         verbose: bool = False,
     ) -> None:
         super().__init__()
-        if mode not in ("min", "max"):
-            raise ConfigError("Checkpoint.mode", mode, "'min' or 'max'", suggestions=did_you_mean(mode, ["min", "max"]),
-                              hint="mode='min' for a loss, mode='max' for an accuracy")
-        if isinstance(save_top_k, bool) or not isinstance(save_top_k, int) or save_top_k < -1:
-            raise ConfigError("Checkpoint.save_top_k", save_top_k, "an integer >= -1 (-1 keeps all, 0 keeps none)",
-                              hint="save_top_k=3 keeps the three best by `monitor`")
-        if monitor is not None and (not isinstance(monitor, str) or not monitor):
-            raise ConfigError("Checkpoint.monitor", monitor, "None or the name of a logged metric",
-                              hint="Checkpoint(monitor='val_loss') with self.log('val_loss', ...) in validation_step")
-        _check_filename(filename)
-        if filename.endswith(_EXT):
-            filename = filename[: -len(_EXT)]
-        if filename == self.LAST_NAME or filename.startswith("emergency-"):
-            raise ConfigError("Checkpoint.filename", filename, "a template other than the reserved names "
-                              "'last' and 'emergency-*'", hint="e.g. filename='epoch={epoch}-step={step}'")
-        self.every_n_epochs = _positive_or_none("every_n_epochs", every_n_epochs)
-        self.every_n_train_steps = _positive_or_none("every_n_train_steps", every_n_train_steps)
-        if isinstance(train_time_interval, timedelta):
-            interval: float | None = train_time_interval.total_seconds()
-        elif train_time_interval is None:
-            interval = None
-        elif isinstance(train_time_interval, (int, float)) and not isinstance(train_time_interval, bool):
-            interval = float(train_time_interval)
-        else:
-            interval = -1.0
-        if interval is not None and not (interval > 0 and math.isfinite(interval)):
-            raise ConfigError("Checkpoint.train_time_interval", train_time_interval,
-                              "None, a positive number of seconds or a datetime.timedelta",
-                              hint="train_time_interval=timedelta(minutes=30)")
-        self.train_time_interval = interval
-        if self.every_n_epochs is None and not self.every_n_train_steps and interval is None:
-            self.every_n_epochs = 1
-        for name, value in (("save_last", save_last), ("async_save", async_save), ("fsync", fsync),
-                            ("save_on_exception", save_on_exception), ("restore_rng", restore_rng)):
-            if not isinstance(value, bool):
-                raise ConfigError(f"Checkpoint.{name}", value, "True or False",
-                                  hint=f"pass a bool, e.g. Checkpoint({name}={not _DEFAULT_FLAGS[name]})")
-        if save_on_train_epoch_end is not None and not isinstance(save_on_train_epoch_end, bool):
-            raise ConfigError("Checkpoint.save_on_train_epoch_end", save_on_train_epoch_end, "None, True or False",
-                              hint="leave it None to save after validation when validation runs, else at epoch end")
+        flags = {"save_last": save_last, "async_save": async_save, "fsync": fsync,
+                 "save_on_exception": save_on_exception, "restore_rng": restore_rng}
+        filename, self.every_n_epochs, self.every_n_train_steps, self.train_time_interval = check_arguments(
+            filename=filename, monitor=monitor, mode=mode, save_top_k=save_top_k, every_n_epochs=every_n_epochs,
+            every_n_train_steps=every_n_train_steps, train_time_interval=train_time_interval,
+            save_on_train_epoch_end=save_on_train_epoch_end, flags=flags, last_name=self.LAST_NAME)
 
         self._dirpath_arg = None if dirpath is None else Path(dirpath)
         self.dirpath: Path | None = None
@@ -354,97 +282,7 @@ class Checkpoint(_LightningCheckpoint):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._warn_earlier_run(trainer)
         self._last_time = time.monotonic()
-        self._epoch_start_seen = False
-        if self._pending is None and trainer.ckpt_path:
-            self._pending = {}  # a checkpoint without our state: still fast-forward the loader
-        fetcher = trainer.fit_loop._data_fetcher
-        if self._pending is not None and fetcher is not None and fetcher.iterator is not None:
-            fetcher.iterator = _FirstFetch(self, trainer, fetcher.iterator)
-            if not stateful_loaders(trainer.fit_loop._combined_loader):
-                warnings.filterwarnings("ignore", message=_LIGHTNING_RESUME_WARNING)
-                self._warning_filter = warnings.filters[0]
-        # Resumed before the last batch of an epoch, Lightning will end that epoch "restarting" and skip
-        # its epoch-interval plateau step (fit_loop.on_advance_end); remember to take it ourselves.
-        fit_loop = trainer.fit_loop
-        self._plateau_epoch = -1
-        if (trainer.ckpt_path and fit_loop.restarted_mid_epoch
-                and fit_loop.epoch_loop.batch_progress.current.processed < trainer.num_training_batches):
-            self._plateau_epoch = trainer.current_epoch
-
-    def _unsilence(self) -> None:
-        if self._warning_filter is not None:
-            with contextlib.suppress(ValueError):
-                warnings.filters.remove(self._warning_filter)
-            self._warning_filter = None
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._unsilence()
-        self._epoch_start_seen = True
-        pending, self._pending = self._pending, None
-        if pending:  # resumed at an epoch boundary: continue from the random states of the save
-            state = self._rank_state(trainer, pending, "save")
-            if self.restore_rng and state is not None:
-                restore_rng(state)
-        if self.restore_rng:
-            self._rng_epoch = capture_rng()
-            self._rng_epoch_index = trainer.current_epoch
-            fit_loop = trainer.fit_loop
-            lightning_iterates = (trainer.current_epoch > 0 and not fit_loop.is_resuming
-                                  and not fit_loop.epoch_loop.restarting)
-            if not lightning_iterates:
-                # this epoch's iterator was made before this hook (first epoch of a fit, or of a
-                # resumed one): make it again from the captured state, as Lightning does otherwise
-                fetcher = fit_loop._data_fetcher
-                if fetcher is not None and fetcher._combined_loader is not None:
-                    iter(fetcher)
-
-    def _rank_state(self, trainer: pl.Trainer, pending: dict[str, Any], key: str) -> dict[str, Any] | None:
-        rng = pending.get("rng")
-        if not rng or not rng.get(key):
-            return None
-        states = rng[key]
-        if rng.get("world_size") != trainer.world_size or len(states) != trainer.world_size:
-            rank_zero_warn("Checkpoint: the checkpoint's random states are from a run with "
-                           f"{rng.get('world_size')} processes, this run has {trainer.world_size}; they are not "
-                           "restored, so the resumed run is not an exact continuation.")
-            return None
-        return states[trainer.global_rank]
-
-    def _on_first_fetch(self, trainer: pl.Trainer) -> None:
-        self._unsilence()
-        pending, self._pending = self._pending, None
-        if pending is None or self._epoch_start_seen:
-            return
-        fit_loop = trainer.fit_loop
-        combined = fit_loop._combined_loader
-        done = fit_loop.epoch_loop.batch_progress.current.ready
-        save_state = self._rank_state(trainer, pending, "save") if self.restore_rng else None
-        if done == 0:
-            # a new epoch that Lightning started without on_train_epoch_start (restart after the last batch)
-            if save_state is not None:
-                restore_rng(save_state)
-                self._rng_epoch, self._rng_epoch_index = save_state, trainer.current_epoch
-                iter(combined)
-            return
-        if stateful_loaders(combined):
-            if save_state is not None:
-                restore_rng(save_state)
-            return
-        epoch_state = self._rank_state(trainer, pending, "epoch") if save_state is not None else None
-        if epoch_state is not None and pending["rng"].get("epoch_index") == trainer.current_epoch:
-            restore_rng(epoch_state)
-            self._rng_epoch, self._rng_epoch_index = epoch_state, trainer.current_epoch
-            iter(combined)  # the same seeds and sampler permutation as when the epoch began
-        try:
-            how = fast_forward(combined, done)
-        except StopIteration:
-            rank_zero_warn(f"Checkpoint: could not skip {done} batches of epoch {trainer.current_epoch}: the "
-                           "training loader is shorter than when the checkpoint was written.")
-            return
-        if save_state is not None:
-            restore_rng(save_state)
-        rank_zero_info(f"Checkpoint: resumed in epoch {trainer.current_epoch} after batch {done}; skipped the "
-                       f"{done} batches already trained on ({'by sampler index' if how == 'indices' else 'by loading them'}).")
+        self._prepare_resume(trainer)
 
     # -- triggers ------------------------------------------------------------------------------------
     def _skip(self, trainer: pl.Trainer) -> bool:
@@ -454,34 +292,13 @@ class Checkpoint(_LightningCheckpoint):
                 or self.dirpath is None)
 
     def _epoch_save_at_train_end(self, trainer: pl.Trainer) -> bool:
-        if self.save_on_train_epoch_end is not None:
-            return self.save_on_train_epoch_end
-        if getattr(trainer, "_val_check_time_interval", None) is not None:
-            return False
-        if trainer.check_val_every_n_epoch != 1:
-            return False
-        nval = trainer.num_val_batches
-        nval = sum(nval) if isinstance(nval, list) else nval
-        if not trainer.enable_validation or nval == 0:
-            return True
-        return trainer.val_check_interval == 1.0
-
-    def _validation_follows(self, trainer: pl.Trainer) -> bool:
-        epoch_loop = trainer.fit_loop.epoch_loop
-        try:
-            return bool(epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
-        except Exception:  # a Lightning without this private helper: fall back to the epoch's last batch
-            return bool(trainer.enable_validation and epoch_loop.batch_progress.is_last_batch)
+        return epoch_save_at_train_end(trainer, self.save_on_train_epoch_end)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self._skip(trainer):
             return
-        epoch_loop = trainer.fit_loop.epoch_loop
-        try:
-            stepped = not epoch_loop._should_accumulate()
-        except Exception:
-            stepped = True
+        stepped = optimizer_stepped(trainer)
         due = bool(stepped and self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0)
         if self.train_time_interval is not None:
             now = time.monotonic()
@@ -493,7 +310,7 @@ class Checkpoint(_LightningCheckpoint):
                 due = True
         if not due or trainer.global_step == self._last_saved_step:
             return
-        if self._validation_follows(trainer):
+        if validation_follows(trainer):
             self._deferred = True  # save once validation has run, with its effects in the checkpoint
             return
         self._save(trainer, "step")
@@ -518,20 +335,6 @@ class Checkpoint(_LightningCheckpoint):
             self._save(trainer, "epoch")
         self._take_skipped_plateau_step(trainer)
 
-    def _take_skipped_plateau_step(self, trainer: pl.Trainer) -> None:
-        """Step plateau schedulers at the end of the epoch a run resumed in, where Lightning skips them.
-
-        Runs after every other ``on_train_epoch_end`` hook (checkpoint callbacks run last) and after a
-        save at this point, whose copy of the scheduler state already includes this step (see
-        :func:`lightning_optkit.mixin.settle_pending_plateau_steps`).
-        """
-        fit_loop = trainer.fit_loop
-        if trainer.current_epoch != self._plateau_epoch:
-            return
-        self._plateau_epoch = -1
-        if fit_loop.restarting and fit_loop.epoch_loop._num_ready_batches_reached():
-            fit_loop.epoch_loop.update_lr_schedulers("epoch", update_plateau_schedulers=True)
-
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._skip(trainer) and self.save_last and trainer.global_step != self._last_saved_step:
             self._save(trainer, "end", force_last_only=True)
@@ -553,70 +356,36 @@ class Checkpoint(_LightningCheckpoint):
         return mean_over_ranks(trainer, self.monitor)
 
     def _format(self, trainer: pl.Trainer, metrics: dict[str, Any]) -> str:
-        def sub(m: re.Match[str]) -> str:
-            name, spec = m.group(1), (m.group(2) or "")[1:]
-            if name == "epoch":
-                value: Any = trainer.current_epoch
-            elif name == "step":
-                value = trainer.global_step
-            elif name in metrics:
-                value = float(torch.as_tensor(metrics[name]).float().mean())
-            else:
-                if name not in self._warned_missing:
-                    self._warned_missing.add(name)
-                    rank_zero_warn(f"Checkpoint.filename: {{{name}}} is not a logged metric yet; written as 'na'. "
-                                   f"Available: {sorted(metrics)}")
-                return "na"
-            return format(value, spec).replace("/", "_").replace("\\", "_")
-
-        return _PLACEHOLDER.sub(sub, self.filename) + _EXT
+        name, missing = format_name(self.filename, trainer.current_epoch, trainer.global_step, metrics)
+        for key in missing:
+            if key not in self._warned_missing:
+                self._warned_missing.add(key)
+                rank_zero_warn(f"Checkpoint.filename: {{{key}}} is not a logged metric yet; written as 'na'. "
+                               f"Available: {sorted(metrics)}")
+        return name
 
     def _plan(self, trainer: pl.Trainer, value: float | None, trigger: str, force_last_only: bool) -> dict[str, Any]:
         """Rank 0's decision for one save event (broadcast to every rank)."""
         metrics = self._metrics(trainer)
-        best_k = dict(self.best_k_models)
+        error = missing_monitor(self.monitor, value, trigger, metrics)
+        if error is not None:
+            return {"error": error}
+        higher_better = self.monitor is None or self.mode == "max"
         file: str | None = None
         remove: list[str] = []
+        best_k = dict(self.best_k_models)
         score: float | None = None
-        if self.monitor is not None and value is None and trigger in ("validation", "epoch") and metrics:
-            avail = sorted(metrics)
-            where = "on every rank " if self.monitor in metrics else ""
-            return {"error": ["Checkpoint.monitor", self.monitor,
-                              f"a metric the module logs {where}at this point; available: {', '.join(avail)}",
-                              did_you_mean(self.monitor, avail),
-                              f"call self.log({self.monitor!r}, ...) in validation_step, or fix the name"]}
-        higher_better = self.monitor is None or self.mode == "max"
         if not force_last_only and self.save_top_k != 0:
-            if self.monitor is None:
-                score = float(trainer.global_step)  # without a metric, keep the newest
-            else:
-                score = value
-                if score is not None and math.isnan(score):
-                    score = -math.inf if higher_better else math.inf
+            score = ranking_score(self.monitor, value, trainer.global_step, higher_better=higher_better)
             if score is not None:
-                name = self._format(trainer, metrics)
-                best_k.pop(name, None)
-                if self.save_top_k == -1 or len(best_k) < self.save_top_k:
-                    file = name
-                else:
-                    worst = (min if higher_better else max)(best_k, key=best_k.__getitem__)
-                    if (score > best_k[worst]) if higher_better else (score < best_k[worst]):
-                        file = name
-                        remove.append(worst)
-                        del best_k[worst]
-                if file is not None:
-                    best_k[file] = score
-                elif name in self.best_k_models:
-                    best_k[name] = self.best_k_models[name]
+                file, remove, best_k = plan_top_k(self.best_k_models, self._format(trainer, metrics), score,
+                                                  save_top_k=self.save_top_k, higher_better=higher_better)
         if file is None and not self.save_last:
             return {"skip": True}
-        if best_k:
-            best = (max if higher_better else min)(best_k, key=best_k.__getitem__)
-            best_path, best_score = str(self.dirpath / best), best_k[best]  # type: ignore[operator]
-        else:
-            best_path, best_score = "", None
+        best = best_of(best_k, higher_better=higher_better)
+        best_path = "" if best is None else str(self.dirpath / best)  # type: ignore[operator]
         return {"file": file, "remove": remove, "best_k": best_k, "best_model_path": best_path,
-                "best_model_score": best_score, "metric": value, "score": score}
+                "best_model_score": None if best is None else best_k[best], "metric": value, "score": score}
 
     def _save(self, trainer: pl.Trainer, trigger: str, force_last_only: bool = False) -> None:
         t0 = time.perf_counter()
@@ -665,18 +434,6 @@ class Checkpoint(_LightningCheckpoint):
                            + (f" ({self.monitor}={plan['metric']:.6g})" if plan["metric"] is not None else "")
                            + (" [writing in the background]" if self._writer is not None else ""))
 
-    def _gather_rng(self, trainer: pl.Trainer) -> dict[str, Any]:
-        local = [capture_rng(), self._rng_epoch]
-        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[Any] = [None] * trainer.world_size
-            torch.distributed.all_gather_object(gathered, local)
-        else:
-            gathered = [local]
-        epochs = [g[1] for g in gathered]
-        return {"world_size": len(gathered), "save": [g[0] for g in gathered],
-                "epoch": epochs if all(e is not None for e in epochs) else None,
-                "epoch_index": self._rng_epoch_index}
-
     # -- exceptions ----------------------------------------------------------------------------------
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """Write this rank's emergency checkpoint. No collective call: other ranks may be gone or stuck."""
@@ -691,13 +448,7 @@ class Checkpoint(_LightningCheckpoint):
             if self._writer is not None:
                 self._writer.wait(timeout=30, raise_error=False)
             self._saving_rng = None
-            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-            name = f"emergency-rank{rank}-epoch={trainer.current_epoch}-step={trainer.global_step}{_EXT}"
-            optkit = checkpoint.get("optkit") if isinstance(checkpoint.get("optkit"), dict) else {}
-            meta = {"epoch": trainer.current_epoch, "step": trainer.global_step, "rank": rank,
-                    "exception": f"{type(exception).__name__}: {exception}"[:500],
-                    "config_hash": optkit.get("config_hash")}
-            self.emergency_path = write_emergency(checkpoint, self.dirpath, name, meta, fsync=self.fsync)
+            self.emergency_path = save_emergency(trainer, self.dirpath, exception, fsync=self.fsync, ext=_EXT)
             print(f"[rank {rank}] Checkpoint: {type(exception).__name__} raised; emergency checkpoint written to "
                   f"{self.emergency_path}", file=sys.stderr)
         except Exception as err:  # never mask the original exception
@@ -707,10 +458,7 @@ class Checkpoint(_LightningCheckpoint):
     def state_dict(self) -> dict[str, Any]:
         rng = self._saving_rng
         if rng is None and self.restore_rng:
-            # saved by someone else (trainer.save_checkpoint, an emergency): this rank's states only
-            rng = {"world_size": 1, "save": [capture_rng()],
-                   "epoch": [self._rng_epoch] if self._rng_epoch is not None else None,
-                   "epoch_index": self._rng_epoch_index}
+            rng = self._local_rng()  # saved by someone else (trainer.save_checkpoint, an emergency)
         return {
             "version": 1,
             "dirpath": None if self.dirpath is None else str(self.dirpath),
@@ -733,9 +481,8 @@ class Checkpoint(_LightningCheckpoint):
             rank_zero_warn(f"Checkpoint: {len(saved) - len(kept)} of the resumed run's top-k files are not in "
                            f"{None if folder is None else str(folder)!r}; they are left out of the top-k list.")
         self.best_k_models = kept
-        if kept and folder is not None:
-            higher_better = self.monitor is None or self.mode == "max"
-            best = (max if higher_better else min)(kept, key=kept.__getitem__)
+        best = best_of(kept, higher_better=self.monitor is None or self.mode == "max")
+        if best is not None and folder is not None:
             self.best_model_path, self.best_model_score = str(folder / best), kept[best]
         if self.save_last and folder is not None and (folder / (self.LAST_NAME + _EXT)).exists():
             self.last_model_path = str(folder / (self.LAST_NAME + _EXT))

@@ -282,6 +282,19 @@ def write_emergency(checkpoint: dict[str, Any], dirpath: str | os.PathLike[str],
     return result.path
 
 
+def save_emergency(trainer: Any, dirpath: str | os.PathLike[str], exception: BaseException, *, fsync: bool,
+                   ext: str = ".ckpt") -> str:
+    """Dump this rank's checkpoint and write it with :func:`write_emergency` (no collective call); its path."""
+    rank = trainer.global_rank
+    checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+    name = f"emergency-rank{rank}-epoch={trainer.current_epoch}-step={trainer.global_step}{ext}"
+    optkit = checkpoint.get("optkit") if isinstance(checkpoint.get("optkit"), dict) else {}
+    meta = {"epoch": trainer.current_epoch, "step": trainer.global_step, "rank": rank,
+            "exception": f"{type(exception).__name__}: {exception}"[:500],
+            "config_hash": optkit.get("config_hash")}
+    return write_emergency(checkpoint, dirpath, name, meta, fsync=fsync)
+
+
 class AsyncWriter:
     """Runs one :class:`SaveJob` at a time on a background thread; errors surface at the next call.
 

@@ -20,8 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_optkit.callbacks import AutoClip, GradNormMonitor, NonFiniteGuard, TrainingDoctor
-from lightning_optkit.callbacks._nonfinite import NonFiniteError
+from lightning_optkit.callbacks import AutoClip, GradNormMonitor, NonFiniteError, NonFiniteGuard, TrainingDoctor
 
 
 class Net(L.LightningModule):
