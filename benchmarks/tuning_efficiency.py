@@ -50,7 +50,7 @@ SEARCH = {"optimizer.name": {"choices": ["adamw", "sgd"]},
 BASE = {"optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}, "loss": {"name": "cross_entropy"}}
 # --schedule cosine: every trial decays its LR with warmup_cosine (10 % warm-up, to 1 %), as the demo does
 COSINE = {"name": "warmup_cosine", "warmup": "10%", "min_lr_ratio": 0.01}
-QUIET = dict(plots=False, tensorboard=False, summary=False, progress=False)
+QUIET = dict(plots=False, tensorboard=False, summary=False, progress=False, reeval=0)  # search efficiency: no re-evaluation
 # val_acc is Lightning's float32 mean of per-batch accuracies: two runs with the same number of correct
 # predictions can differ by ~1e-7 (one prediction is 1/359 = 2.8e-3 on digits, 1/4096 = 2.4e-4 on moons)
 TIE = 1e-6

@@ -185,7 +185,7 @@ def test_tune_a_printed_fixed_class_config_through_the_projects_cli(tmp_path, ca
 
     printed = _printed_config(tmp_path, capsys)
     project.RUNS.clear()
-    rc = optkit(["tune", printed, "--cli", PROJECT_CLI, "--search", "adamw", "--trials", "2", "--out",
+    rc = optkit(["tune", printed, "--cli", PROJECT_CLI, "--search", "adamw", "--trials", "2", "--reeval", "0", "--out",
                  str(tmp_path / "out"), "--no-plots", "--no-tensorboard", "-q"])
     err = capsys.readouterr().err
     assert rc == 0, err

@@ -129,7 +129,7 @@ def test_model_args_class_path_objects_are_built_fresh_for_every_trial(tmp_path,
     project.RUNS.clear()
     args = '{"hidden": 6, "backbone": {"class_path": "torch.nn.Linear", "init_args": {"in_features": 4, "out_features": 6}}}'
     rc = _optkit([str(CONFIGS / "digits.yaml"), "--model", "lightningcli_project.Backboned", "--data",
-                  "lightningcli_project.Data", "--model-args", args, "--search", "adamw", "--trials", "2",
+                  "lightningcli_project.Data", "--model-args", args, "--search", "adamw", "--trials", "2", "--reeval", "0",
                   "--max-epochs", "1", "--out", str(tmp_path), "--no-plots", "--no-tensorboard", "-q"])
     assert rc == 0, capsys.readouterr().err
     assert [r["backbone"] for r in project.RUNS] == ["Linear", "Linear"]

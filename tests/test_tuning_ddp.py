@@ -56,7 +56,16 @@ def _check(out: Path) -> None:
                 assert e["world"] == 2
                 runs[-1]["steps"].append(e["step"])
         ranks[r] = runs
-    assert len(ranks[0]) == len(ranks[1]) == 3
+    # 3 trials, then re-evaluation (default: top 3 configs x 2 seeds) of the 2 complete ones, on both ranks
+    assert len(ranks[0]) == len(ranks[1]) == 3 + 2 * 2
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    reeval = json.loads((out / "reeval.json").read_text())
+    assert sorted(reeval["runs"]) == sorted(str(t["number"]) for t in complete) and reeval["seeds"] == [1000, 2000]
+    assert all(r["steps"] == 12 and r["value"] is not None for runs in reeval["runs"].values() for r in runs.values())
+    for a, b in zip(ranks[0][3:], ranks[1][3:]):  # the ranks re-trained the same configs in step, unpruned
+        assert a["optim"] == b["optim"] and a["steps"] == b["steps"] == [4, 8, 12]
+    assert sorted(json.dumps(a["optim"], sort_keys=True) for a in ranks[0][3:]) == sorted(
+        json.dumps(t["config"], sort_keys=True) for t in complete for _ in range(2))
     for n, (a, b, t) in enumerate(zip(ranks[0], ranks[1], trials)):
         # both ranks trained with the hyperparameters rank 0 sampled
         assert a["optim"] == b["optim"] == t["config"], f"trial {n}"

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tuning_scale_helpers
 FACTORY = "tuning_scale_helpers.models:build"
 SEARCH = {"optimizer.lr": {"low": 1e-3, "high": 1e-1, "log": True}}
 BASE = {"optimizer": {"name": "adamw", "lr": 1e-2}}
-QUIET = dict(plots=False, tensorboard=False, summary=False, progress=False)
+QUIET = dict(plots=False, tensorboard=False, summary=False, progress=False, reeval=0)  # re-evaluation: its own tests
 
 
 def _records(path: Path) -> list[dict]:

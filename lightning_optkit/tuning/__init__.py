@@ -26,6 +26,7 @@ from ._dist import DistributedContext
 from ._launcher import DeviceSlot, Launcher, plan_slots
 from ._presets import PRESETS, search_preset
 from ._pruning import PruningCallback
+from ._reeval import best_by_reeval
 from ._reports import ProgressReporter
 from ._runner import TrialPlan, TrialRunner
 from ._sources import ClassSource, ExampleSource, FactorySource, LightningCLISource, ModelSource
@@ -50,6 +51,7 @@ __all__ = [
     "SearchSpace",
     "TrialPlan",
     "TrialRunner",
+    "best_by_reeval",
     "infer_direction",
     "load_search",
     "make_pruner",

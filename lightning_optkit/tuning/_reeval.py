@@ -48,6 +48,7 @@ __all__ = [
     "Job",
     "ReevalReport",
     "Standing",
+    "best_by_reeval",
     "check_reeval",
     "reeval_report",
     "reeval_seeds",
@@ -205,8 +206,8 @@ class ReevalReport:
         return {
             "monitor": self.monitor, "mean": _round(c.mean), "sd": _round(c.sd), "runs": c.n,
             "search_value": _round(c.search_value), "values": [_round(v) for v in c.values], "seeds": list(c.seeds),
-            "candidates": {f"trial {s.number}": f"{_pm(s.mean, s.sd)} (search {_num(s.search_value)})"
-                           for s in self.standings},
+            "candidates": [{"trial": s.number, "mean": _round(s.mean), "sd": _round(s.sd), "runs": s.n,
+                            "search_value": _round(s.search_value)} for s in self.standings],
             "cost": {"runs": sum(s.n - 1 for s in self.standings), "optimizer_steps": self.steps,
                      "search_optimizer_steps": self.search_steps, "training_seconds": round(self.seconds, 2),
                      "search_training_seconds": round(self.search_seconds, 2)},
@@ -275,6 +276,32 @@ def reeval_report(study: optuna.Study, monitor: str, seed: int, k: int, r: int) 
                         sum(float(x.get("seconds") or 0.0) for x in search_runs))
 
 
+def best_by_reeval(study: optuna.Study) -> FrozenTrial | None:
+    """The trial whose config ``best_config.yaml`` holds: chosen by re-evaluation's mean, else the search-time best.
+
+    ``study.best_trial`` stays Optuna's (the best single search run); this reads the study's
+    ``optkit.reeval`` record with the settings of the last re-evaluation (``None`` for a study
+    without a COMPLETE trial).
+
+    Example:
+        >>> study = tune(example="digits")              # doctest: +SKIP
+        >>> best_by_reeval(study).number, study.best_trial.number  # doctest: +SKIP
+        (12, 13)
+    """
+    rec, plan = _record(study), study.user_attrs.get("optkit.plan") or {}
+    report = None
+    if rec.get("seeds") and plan.get("monitors") and len(study.directions) == 1:
+        report = reeval_report(study, plan["monitors"][0], int(plan.get("seed", 0)), int(rec.get("k", 0)),
+                               len(rec["seeds"]))
+    if report is not None and report.chosen is not None:
+        return next(t for t in study.get_trials(deepcopy=False) if t.number == report.chosen.number)
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    from ._reports import best_trial
+
+    return best_trial(study)
+
+
 Execute = Callable[[Sequence[Job]], Iterable[tuple[Job, "dict[str, Any] | None"]]]
 
 
@@ -285,11 +312,16 @@ def reevaluate(study: optuna.Study, monitor: str, seed: int, k: int, r: int, exe
     ``execute(jobs)`` trains them (in this process, or the launcher's worker processes) and yields
     ``(job, result)`` as each ends (``result`` ``None``: its process died). Returns the report.
     """
-    if k == 0 or r == 0 or len(study.directions) != 1:
+    if len(study.directions) != 1:
         return None
     with storage_lock(study._storage, f"reeval:{study.study_name}", own_file=True):
-        seeds = reeval_seeds(seed, r)
-        runs = _record(study).get("runs", {})
+        seeds = reeval_seeds(seed, r) if k else []
+        rec = _record(study)
+        if rec and (rec.get("k") != k or rec.get("seeds") != seeds):  # what best_by_reeval() reads: these settings
+            study.set_user_attr(REEVAL_KEY, {**rec, "k": k, "seeds": seeds})
+        if k == 0 or r == 0:
+            return None
+        runs = rec.get("runs", {})
         jobs = [Job(t, s) for t in top_trials(study, k) for s in seeds
                 if str(s) not in runs.get(str(t.number), {})]
         if jobs and progress:

@@ -73,4 +73,5 @@ if __name__ == "__main__":
                    "intermediate": {str(k): v for k, v in t.intermediate_values.items()},
                    "config": t.user_attrs.get("optkit.config")} for t in study.trials]
         (OUT / "study.json").write_text(json.dumps(trials))
+        (OUT / "reeval.json").write_text(json.dumps(study.user_attrs.get("optkit.reeval")))
     (OUT / f"done{_rank()}.json").write_text(json.dumps({"trials": len(study.trials), "name": study.study_name}))

@@ -1,0 +1,189 @@
+"""Re-evaluation of the top configs after a search (issue 15, item 5): real Optuna studies, real Trainers.
+
+The task (tests/tuning_reeval_helpers.py) makes the search-time best a lucky draw: the ``noisy``
+config scores ``z(seed)``, the ``stable`` one a constant set between the noisy config's search-time
+value and its mean over the search seed and the two re-evaluation seeds. The search must rank noisy
+first and re-evaluation must choose stable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from lightning_optkit import ConfigError
+from lightning_optkit.tuning import best_by_reeval, tune
+from lightning_optkit.tuning._cli import add_parser, tune_kwargs
+from lightning_optkit.tuning._reeval import REEVAL_KEY, reeval_seeds, top_trials
+from lightning_optkit.tuning._refit import fit_run
+from lightning_optkit.tuning._sources import ClassSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers, here and in worker processes
+from tuning_reeval_helpers import OPTIM, noisy_score
+
+MODEL, DATA = "tuning_reeval_helpers.SeedNoise", "tuning_reeval_helpers.Zeros"
+SEARCH = {"model.variant": {"choices": ["noisy", "stable"]}}
+RUN = {"monitor": "val_score", "direction": "maximize", "n_trials": 2, "enqueue_base": False, "plots": False,
+       "tensorboard": False, "trainer_kwargs": {"max_epochs": 1, "accelerator": "cpu", "devices": 1}}
+
+
+def _case() -> tuple[float, float, list[float]]:
+    """``(sign, stable score, the noisy config's scores at seeds 0, 1000, 2000)``: search-best != mean-best."""
+    seeds = [0, *reeval_seeds(0, 2)]
+    z = [noisy_score(s) for s in seeds]
+    sign = 1.0 if z[0] > statistics.fmean(z) else -1.0
+    noisy = [sign * v for v in z]
+    return sign, (noisy[0] + statistics.fmean(noisy)) / 2, noisy
+
+
+def _source(sign: float, stable: float) -> ClassSource:
+    return ClassSource(MODEL, DATA, model_args={"sign": sign, "stable_score": stable})
+
+
+def _sampler() -> optuna.samplers.BaseSampler:
+    return optuna.samplers.GridSampler({"model.variant": ["noisy", "stable"]}, seed=0)
+
+
+def _by_variant(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
+    return {t.params["model.variant"]: t for t in study.trials}
+
+
+def test_seeds_are_derived_from_the_study_seed_and_never_equal_it():
+    assert reeval_seeds(0, 2) == [1000, 2000] and reeval_seeds(0, 2) == reeval_seeds(0, 2)
+    for seed in (0, 5, 2**32 - 1000, 2**32 - 1):
+        new = reeval_seeds(seed, 3)
+        assert seed not in new and len(set(new)) == 3 and all(0 <= s < 2**32 for s in new)
+
+
+def test_top_configs_are_chosen_by_the_mean_and_reported(tmp_path, capsys):
+    sign, stable, noisy = _case()
+    study = tune(_source(sign, stable), SEARCH, config=OPTIM, sampler=_sampler(), out_dir=tmp_path, **RUN)
+    trials = _by_variant(study)
+    assert study.best_trial.number == trials["noisy"].number  # the search ranks the lucky draw first
+    assert trials["noisy"].value == pytest.approx(noisy[0])
+    assert len(study.trials) == 2  # re-evaluation runs are no trials: the sampler never sees them
+    assert best_by_reeval(study).number == trials["stable"].number
+    record = study.user_attrs[REEVAL_KEY]
+    assert record["seeds"] == [1000, 2000]
+    runs = record["runs"]
+    assert [runs[str(trials["noisy"].number)][str(s)]["value"] for s in (1000, 2000)] == pytest.approx(noisy[1:])
+    assert [runs[str(trials["stable"].number)][str(s)]["value"] for s in (1000, 2000)] == pytest.approx([stable] * 2)
+
+    out = capsys.readouterr().out
+    assert "re-evaluation: top 2 configs x 2 new seeds (1000, 2000)" in out
+    assert "cost: 4 runs, 4 optimizer steps = 200% of the search's 2" in out
+    assert (f"best trial {trials['stable'].number}: val_score = {stable:.4f} ± 0.0000 (mean of 3 runs: seeds 0, "
+            f"1000, 2000; search-time {stable:.4f})") in out
+
+    best = tmp_path / study.study_name / "best_config.yaml"
+    text = best.read_text()
+    data = yaml.safe_load(text)
+    assert data["run"]["model"] == {"variant": "stable"}
+    block = data["reeval"]
+    assert block["mean"] == pytest.approx(stable) and block["sd"] == pytest.approx(0.0, abs=1e-6)
+    assert block["runs"] == 3 and block["seeds"] == [0, 1000, 2000]
+    assert block["search_value"] == pytest.approx(stable)
+    noisy_row = next(c for c in block["candidates"] if c["trial"] == trials["noisy"].number)
+    assert noisy_row["mean"] == pytest.approx(statistics.fmean(noisy), abs=1e-5)
+    assert noisy_row["sd"] == pytest.approx(statistics.stdev(noisy), abs=1e-5)
+    assert noisy_row["search_value"] == pytest.approx(noisy[0], abs=1e-5)
+    assert block["cost"]["optimizer_steps"] == 4 and block["cost"]["search_optimizer_steps"] == 2
+    assert "# Chosen by re-evaluation of the top 2 configs" in text
+    # `optkit fit best_config.yaml` trains the chosen config (with the search seed)
+    trainer = fit_run(best, log_dir=tmp_path / "refit")
+    assert float(trainer.callback_metrics["val_score"]) == pytest.approx(stable)
+
+    # a rerun of the command redoes no finished re-evaluation
+    again = tune(_source(sign, stable), SEARCH, config=OPTIM, sampler=_sampler(), out_dir=tmp_path,
+                 study_name=study.study_name, resume=True, progress=True, **RUN)
+    captured = capsys.readouterr()
+    assert "re-evaluating" not in captured.err and "re-evaluation: trial" not in captured.err
+    assert again.user_attrs[REEVAL_KEY] == record
+    assert len(again.trials) == 2
+    assert f"best trial {trials['stable'].number}: val_score" in captured.out
+    # turned off on a later run: the search-time best again, everywhere; the recorded runs are kept
+    off = tune(_source(sign, stable), SEARCH, config=OPTIM, sampler=_sampler(), out_dir=tmp_path,
+               study_name=study.study_name, resume=True, reeval=0, **RUN)
+    assert best_by_reeval(off).number == trials["noisy"].number
+    assert yaml.safe_load(best.read_text())["run"]["model"] == {"variant": "noisy"}
+    assert off.user_attrs[REEVAL_KEY]["runs"] == record["runs"]
+
+
+def test_zero_turns_it_off_and_the_flags(tmp_path, capsys):
+    sign, stable, _ = _case()
+    for k, r in ((0, 2), (3, 0)):
+        study = tune(_source(sign, stable), SEARCH, config=OPTIM, sampler=_sampler(), out_dir=tmp_path / f"{k}{r}",
+                     reeval=k, reeval_seeds=r, **RUN)
+        assert REEVAL_KEY not in study.user_attrs
+        assert best_by_reeval(study).number == study.best_trial.number
+        data = yaml.safe_load((tmp_path / f"{k}{r}" / study.study_name / "best_config.yaml").read_text())
+        assert "reeval" not in data and data["run"]["model"] == {"variant": "noisy"}  # the search-time best
+        out = capsys.readouterr().out
+        assert "re-evaluation" not in out and f"best trial {study.best_trial.number}: val_score = " in out
+    with pytest.raises(ConfigError, match=r"reeval_seeds.*-1.*integer >= 0"):
+        tune(_source(sign, stable), SEARCH, config=OPTIM, reeval_seeds=-1, out_dir=tmp_path / "bad", **RUN)
+    with pytest.raises(ConfigError, match=r"reeval.*'3'.*integer >= 0"):
+        tune(_source(sign, stable), SEARCH, config=OPTIM, reeval="3", out_dir=tmp_path / "bad", **RUN)
+
+    parser = add_parser(argparse.ArgumentParser(prog="optkit").add_subparsers())
+    kwargs = tune_kwargs(parser.parse_args(["--example", "digits", "--reeval", "1", "--reeval-seeds", "4"]))
+    assert (kwargs["reeval"], kwargs["reeval_seeds"]) == (1, 4)
+    defaults = tune_kwargs(parser.parse_args(["--example", "digits"]))
+    assert (defaults["reeval"], defaults["reeval_seeds"]) == (3, 2)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--example", "digits", "--reeval", "-1"])
+    assert "--reeval: expected an integer >= 0, got '-1'" in capsys.readouterr().err
+
+
+def test_workers_reevaluate_in_the_launcher(tmp_path, capsys):
+    sign, stable, noisy = _case()
+    study = tune(_source(sign, stable), SEARCH, config=OPTIM, sampler=_sampler(), out_dir=tmp_path, workers=2,
+                 devices="cpu", **RUN)
+    trials = _by_variant(study)
+    runs = study.user_attrs[REEVAL_KEY]["runs"]
+    assert [runs[str(trials["noisy"].number)][str(s)]["value"] for s in (1000, 2000)] == pytest.approx(noisy[1:])
+    assert runs[str(trials["stable"].number)]["2000"]["value"] == pytest.approx(stable)
+    assert len(study.trials) == 2
+    data = yaml.safe_load((tmp_path / study.study_name / "best_config.yaml").read_text())
+    assert data["run"]["model"] == {"variant": "stable"} and data["reeval"]["runs"] == 3
+    assert not list((tmp_path / study.study_name / "workers").glob("reeval_*.json"))  # results read and removed
+    assert f"best trial {trials['stable'].number}: val_score = {stable:.4f} ± 0.0000" in capsys.readouterr().out
+
+
+def test_two_processes_on_one_study_reevaluate_each_run_once(tmp_path):
+    """Two `optkit tune --study S --resume` processes on one journal file: each re-evaluation run happens once."""
+    import json
+    import os
+    import re
+    import subprocess
+
+    sign, stable, _ = _case()
+    base, search = tmp_path / "base.yaml", tmp_path / "search.yaml"
+    base.write_text(yaml.safe_dump(OPTIM))
+    search.write_text(yaml.safe_dump({"search": SEARCH}))
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
+    storage = tmp_path / "shared.log"
+    cmd = [sys.executable, "-m", "lightning_optkit.tuning", str(base), "--model", MODEL, "--data", DATA,
+           "--model-args", json.dumps({"sign": sign, "stable_score": stable}), "--search", str(search),
+           "--monitor", "val_score", "--direction", "maximize", "--trials", "4", "--sampler", "random", "--no-base",
+           "--max-epochs", "1", "--accelerator", "cpu", "--storage", str(storage), "--study", "shared", "--resume",
+           "--no-plots", "--no-tensorboard"]
+    procs = [subprocess.Popen([*cmd, "--out", str(tmp_path / f"out{i}")], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    done = [m for out in outputs for m in re.findall(r"re-evaluation: trial (\d+) seed (\d+)", out)]
+    assert len(done) == len(set(done))  # no run twice
+    study = optuna.load_study(study_name="shared", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(storage))))
+    runs = study.user_attrs[REEVAL_KEY]["runs"]
+    assert sorted(done) == sorted((n, s) for n, by_seed in runs.items() for s in by_seed)
+    assert set(done) == {(str(t.number), s) for t in top_trials(study, 3) for s in ("1000", "2000")}
+    assert len(study.trials) == 4
