@@ -85,10 +85,24 @@ class ScheduledLR(LambdaLR):
     def get_lr(self) -> list[float]:  # type: ignore[override]
         # Configured groups usually share one ScheduleFn: evaluate it once per step, not once per group.
         factors: dict[int, float] = {}
+        chains: dict[int, list[float] | None] = {}
         out = []
         for i, (fn, base) in enumerate(zip(self.lr_lambdas, self.base_lrs)):
-            if self.anchor_steps[i] is not None or getattr(fn, "kind", None) in CHAINED_KINDS:
+            if self.anchor_steps[i] is not None:
                 out.append(self.lr_at(i, self.last_epoch))
+                continue
+            if getattr(fn, "kind", None) in CHAINED_KINDS:  # the milestones' gammas, found once per step
+                key = id(fn)
+                if key not in chains:
+                    chains[key] = fn.chain(self.last_epoch)
+                gammas = chains[key]
+                if gammas is None:
+                    out.append(self.lr_at(i, self.last_epoch))
+                    continue
+                lr = base
+                for g in gammas:
+                    lr = lr * g
+                out.append(max(lr, base * fn.floor) if fn.floor > 0 else lr)
                 continue
             key = id(fn)
             if key not in factors:
@@ -104,6 +118,11 @@ class ScheduledLR(LambdaLR):
         last = getattr(self, "_last_lr", None)
         if last is None:  # the initial step of __init__
             return
+        groups = self.optimizer.param_groups
+        if len(groups) == len(self.base_lrs) == len(last):  # fast path: no group added, none set from outside
+            current = [g["lr"] for g in groups]
+            if all(type(v) is float for v in current) and current == last:
+                return
         seen = list(last)
         for i, group in enumerate(self.optimizer.param_groups):
             known = i < len(self.base_lrs) and i < len(seen)

@@ -207,6 +207,15 @@ class ScheduleFn:
             return self.warmup_start + (1.0 - self.warmup_start) * step / self.warmup
         return DECAYS[self.kind](step - self.warmup, self.total - self.warmup, self.floor, **self.params)
 
+    def chain(self, step: int, since: int | None = None) -> list[float] | None:
+        """The gammas a ``multistep``/``step`` group's LR is multiplied by from ``since`` to ``step`` (else ``None``)."""
+        if self.kind not in CHAINED_KINDS or step < self.warmup:
+            return None
+        start = -1 if since is None else since - self.warmup
+        if since is not None and start < 0:
+            return None  # anchored inside the warm-up: the plain ratio of factors
+        return _gammas(self.kind, self.params, start, step - self.warmup)
+
     def chained(self, base: float, step: int, since: int | None = None, ref: float = 1.0) -> float | None:
         """The LR at ``step`` of a ``multistep``/``step`` group, multiplied out as torch does (else ``None``).
 
@@ -218,12 +227,7 @@ class ScheduleFn:
             >>> fn.chained(1e-3, 5) == 1e-3 * 0.1 * 0.1, fn.chained(1e-4, 5, since=3, ref=0.1) == 1e-4 * 0.1
             (True, True)
         """
-        if self.kind not in CHAINED_KINDS or step < self.warmup:
-            return None
-        start = -1 if since is None else since - self.warmup
-        if since is not None and start < 0:
-            return None  # anchored inside the warm-up: the plain ratio of factors
-        gammas = _gammas(self.kind, self.params, start, step - self.warmup)
+        gammas = self.chain(step, since)
         if gammas is None:
             return None
         lr = base
