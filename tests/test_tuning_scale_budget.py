@@ -346,3 +346,37 @@ def test_study_timeout_counts_from_the_studys_creation(tmp_path, workers, capsys
     assert len(more.get_trials(states=HELD)) == 2
     with pytest.raises(ConfigError, match="study_timeout"):
         tune(FACTORY, SEARCH, n_trials=2, study_timeout=0, resume=True, **common)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_lock_taken_through_a_studys_own_storage_excludes_a_second_holder(backend, pg_server, tmp_path):
+    # Optuna wraps an RDBStorage in a caching layer (study._storage has no engine of its own): the claim
+    # and re-evaluation locks are taken through that wrapper and must still lock the database.
+    import threading
+    import time
+
+    import optuna
+
+    from lightning_optkit.tuning._budget import storage_lock
+
+    url = create_database(pg_server, "lockwrap") if backend == "postgres" else f"sqlite:///{tmp_path / 'o.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    first = optuna.create_study(storage=url, study_name="s")
+    second = optuna.load_study(storage=optuna.storages.RDBStorage(url), study_name="s")
+    events: list[tuple[str, float]] = []
+    held = threading.Event()
+
+    def hold() -> None:
+        with storage_lock(first._storage, "claim:s"):
+            events.append(("first in", time.monotonic()))
+            held.set()
+            time.sleep(0.5)
+            events.append(("first out", time.monotonic()))
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert held.wait(30)
+    with storage_lock(second._storage, "claim:s"):
+        events.append(("second in", time.monotonic()))
+    thread.join()
+    assert [name for name, _ in events] == ["first in", "first out", "second in"]

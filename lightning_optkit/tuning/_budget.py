@@ -82,10 +82,21 @@ def postgres_lock(engine: Any, name: str) -> Iterator[None]:
         yield
 
 
+def _engine(storage: BaseStorage) -> Any:
+    """The SQLAlchemy engine behind ``storage`` (Optuna wraps an RDBStorage in a caching layer), or None."""
+    engine = getattr(storage, "engine", None)
+    if engine is None:  # optuna.storages._CachedStorage keeps the RDBStorage as `_backend`
+        engine = getattr(getattr(storage, "_backend", None), "engine", None)
+    return engine
+
+
 def _lock_file(storage: BaseStorage) -> str | None:
     if storage in _LOCK_FILES:
         return _LOCK_FILES[storage]
-    engine = getattr(storage, "engine", None)
+    backend = getattr(storage, "_backend", None)
+    if backend is not None and backend in _LOCK_FILES:
+        return _LOCK_FILES[backend]
+    engine = _engine(storage)
     if engine is not None and engine.dialect.name == "sqlite":
         database = engine.url.database
         if database and database != ":memory:" and not database.startswith("file:"):
@@ -106,7 +117,7 @@ def storage_lock(storage: BaseStorage, name: str, own_file: bool = False) -> Ite
         >>> with storage_lock(storage, "claim:demo"):  # one process only: nothing to lock
         ...     pass
     """
-    engine = getattr(storage, "engine", None)
+    engine = _engine(storage)
     if engine is not None and engine.dialect.name == "postgresql":
         with postgres_lock(engine, name):
             yield
