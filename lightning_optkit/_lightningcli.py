@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import ConfigError, read_yaml
+from .config import ConfigError, merge_nested, read_yaml
 
 __all__ = ["CLIRun", "LightningCLIConfig", "is_lightningcli_config"]
 
@@ -230,15 +230,17 @@ class LightningCLIConfig:
         """The file's config with ``optim`` in place (and sampled ``model``/``data`` arguments merged in)."""
         out = copy.deepcopy(self.raw)
         args = self._model_args(out)
-        args.update(copy.deepcopy(dict((targets or {}).get("model") or {})))
+        args.update(merge_nested(args, (targets or {}).get("model") or {}))
         args["optim"] = copy.deepcopy(dict(optim))
         extra_data = (targets or {}).get("data")
         if extra_data:
             data = out.setdefault("data", {})
-            (data.setdefault("init_args", {}) if "class_path" in data else data).update(copy.deepcopy(dict(extra_data)))
+            block = data.setdefault("init_args", {}) if "class_path" in data else data
+            block.update(merge_nested(block, extra_data))
         extra_trainer = (targets or {}).get("trainer")
         if extra_trainer:  # sampled Trainer arguments: the written config trains as the trial did
-            out.setdefault("trainer", {}).update(copy.deepcopy(dict(extra_trainer)))
+            trainer = out.setdefault("trainer", {})
+            trainer.update(merge_nested(trainer, extra_trainer))
         if seed is not None:
             out["seed_everything"] = seed
         return out
@@ -304,8 +306,10 @@ class LightningCLIConfig:
                 instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes
                 init = instantiate(ns)
         except Exception as exc:
-            section = "data" if 'key "data"' in str(exc) else "model"
-            raise ConfigError(f"{section}", (config.get(section) or {}).get("class_path", config.get(section)),
+            key = (_error_key(str(exc)) or "").split(".", 1)[0]  # the section that failed (model, data, finetuning...)
+            section = key if key in config else ("data" if 'key "data"' in str(exc) else "model")
+            block = config.get(section)
+            raise ConfigError(section, block.get("class_path", block) if isinstance(block, Mapping) else block,
                               f"a class whose arguments match its signature ({_reason(str(exc))})") from None
         trainer_ns = init.get("trainer")
         values = {k: trainer_ns[k] for k in (trainer_ns.keys() if trainer_ns is not None else [])}

@@ -222,3 +222,20 @@ def test_annotation_checks_cover_restricted_types_and_containers():
     assert not _accepts(list[int], [1, "a"]) and not _accepts(list[int], 3)
     assert _accepts(Literal["a", 1], 1) and not _accepts(Literal["a", 1], True) and not _accepts(Literal["a"], "b")
     assert not _accepts(int, True) and _accepts(float, 2) and not _accepts(bool, 1) and _accepts(int | None, None)
+    assert _accepts(Literal["relu", "gelu"], "relu") and not _accepts(Literal["relu", "gelu"], "ReLU")  # exact case
+
+
+def test_a_nested_key_changes_one_value_and_keeps_the_rest_of_its_argument():
+    # `model.backbone.init_args.p` must change that one value, not wipe the backbone's class_path and
+    # its other arguments (the merge of sampled values into the source's arguments is nested).
+    from lightning_optkit.tuning._space import split_overrides
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    backbone = {"class_path": "torch.nn.Dropout", "init_args": {"p": 0.1, "inplace": True}}
+    source = ClassSource("lightningcli_project.Backboned", "lightningcli_project.Data",
+                         model_args={"backbone": backbone, "hidden": 4})
+    targets = split_overrides({"model.backbone.init_args.p": 0.3})[1]
+    model, _ = source.build(dict(OPTIM), targets)
+    assert type(model.backbone).__name__ == "Dropout"
+    assert model.backbone.p == 0.3 and model.backbone.inplace is True
+    assert backbone["init_args"]["p"] == 0.1  # the source's own arguments are left as they were

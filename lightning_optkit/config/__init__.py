@@ -6,7 +6,7 @@ checks with :func:`register_validator` so a misspelt name fails at load time.
 
 from ._durations import Duration, TrainingLength, parse_duration
 from ._errors import ConfigError, did_you_mean
-from ._loading import apply_overrides, load_config, parse_override, parse_overrides, read_yaml
+from ._loading import apply_overrides, load_config, merge_nested, parse_override, parse_overrides, read_yaml
 from ._schema import (
     LossConfig,
     OptimBlock,
@@ -31,6 +31,7 @@ __all__ = [
     "apply_overrides",
     "did_you_mean",
     "load_config",
+    "merge_nested",
     "parse_duration",
     "parse_override",
     "parse_overrides",

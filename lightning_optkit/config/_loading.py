@@ -76,6 +76,26 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any] | None) -
     return out
 
 
+def merge_nested(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in key by key (nested mappings merged, everything else replaced), copied.
+
+    Sampled arguments such as ``model.encoder.init_args.dropout`` change that one value and keep the
+    rest of ``encoder`` (its ``class_path`` and other arguments).
+
+    Example:
+        >>> merge_nested({"encoder": {"class_path": "m.E", "init_args": {"width": 8}}},
+        ...              {"encoder": {"init_args": {"dropout": 0.3}}})
+        {'encoder': {'class_path': 'm.E', 'init_args': {'width': 8, 'dropout': 0.3}}}
+    """
+    out = copy.deepcopy(dict(base))
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_nested(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"optimizer.lr=1e-3"`` -> ``("optimizer.lr", 0.001)``; values are parsed as YAML scalars."""
     if "=" not in text:

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, load_config, read_yaml
+from ..config import ConfigError, load_config, merge_nested, read_yaml
 from ._space import split_overrides
 
 __all__ = ["fit_run", "read_run", "run_block"]
@@ -68,13 +68,6 @@ def read_run(path: str | Path) -> dict[str, Any] | None:
     return None
 
 
-def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dict(base))
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else copy.deepcopy(v)
-    return out
-
-
 def fit_run(path: str | Path, *, overrides: Mapping[str, Any] | None = None, log_dir: str | Path = "optkit_runs",
             trainer_overrides: Mapping[str, Any] | None = None, quiet: bool = True) -> Any:
     """Train the run a best config describes; returns the fitted :class:`lightning.Trainer`.
@@ -100,7 +93,7 @@ def fit_run(path: str | Path, *, overrides: Mapping[str, Any] | None = None, log
     optim_overrides, sets = split_overrides(dict(overrides or {}))
     source = source_from_description(run.get("source") or {})
     optim = load_config(path, optim_overrides).to_dict()
-    targets = {s: _merge(run.get(s) or {}, sets[s]) for s in ("model", "data")}
+    targets = {s: merge_nested(run.get(s) or {}, sets[s]) for s in ("model", "data")}
     trainer_kwargs = {**source.trainer_defaults(), **(run.get("trainer") or {}), **sets["trainer"],
                       **dict(trainer_overrides or {})}
     if run.get("threads"):

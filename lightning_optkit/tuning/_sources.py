@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..config import ConfigError, merge_nested
 
 __all__ = [
     "ClassSource",
@@ -212,8 +212,8 @@ class ExampleSource(ModelSource):
         from ..demo import make_example
 
         targets = targets or {}
-        return make_example(self.name, optim, model_args={**self.model_args, **(targets.get("model") or {})},
-                            data_args={**self.data_args, **(targets.get("data") or {})})
+        return make_example(self.name, optim, model_args=merge_nested(self.model_args, targets.get("model") or {}),
+                            data_args=merge_nested(self.data_args, targets.get("data") or {}))
 
     def reproduce(self, best_yaml: Path, trainer_kwargs: Mapping[str, Any], seed: int) -> list[str]:
         cmd = ["optkit", "fit", "--example", self.name, str(best_yaml)]
@@ -271,8 +271,8 @@ class ClassSource(ModelSource):
 
     def build(self, optim: dict[str, Any], targets: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
         targets = targets or {}
-        model_args = {**self.model_args, **copy.deepcopy(dict(targets.get("model") or {}))}
-        data_args = {**self.data_args, **copy.deepcopy(dict(targets.get("data") or {}))}
+        model_args = merge_nested(self.model_args, targets.get("model") or {})
+        data_args = merge_nested(self.data_args, targets.get("data") or {})
         # class_path objects (a backbone nn.Module...) are built afresh for every trial, as LightningCLI does
         from .._cli_args import instantiate_objects
 

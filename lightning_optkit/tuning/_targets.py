@@ -27,7 +27,7 @@ from typing import Any
 
 from ..config import ConfigError, did_you_mean
 from ._sources import ClassSource, ExampleSource, FactorySource, LightningCLISource, ModelSource
-from ._space import Param, SearchSpace, _same, target_section
+from ._space import Param, SearchSpace, target_section
 
 __all__ = ["accepts_targets", "build_source", "target_classes", "target_defaults", "validate_targets"]
 
@@ -159,7 +159,7 @@ def _accepts(ann: Any, value: Any) -> bool:
     if ann is type(None) or ann is None:
         return value is None
     if origin is typing.Literal:
-        return any(_same(value, a) and type(value) is type(a) for a in args)
+        return any(value == a and type(value) is type(a) for a in args)  # exact: the class compares exactly
     if origin in (typing.Union, types.UnionType):
         return any(_accepts(a, value) for a in args)
     if ann is bool:
