@@ -8,10 +8,13 @@ from ._adapters import PlateauWarmupStepper, ScheduledLR, WarmupReduceLROnPlatea
 from ._build import build_scheduler, resolved_settings
 from ._functions import DECAYS, MomentumFn, ScheduleFn
 from ._registry import SCHEDULES, ScheduleInfo, lookup, validate_scheduler
+from ._simulate import PLATEAU_METRIC, LRTrace, simulate
 
 __all__ = [
     "DECAYS",
+    "PLATEAU_METRIC",
     "SCHEDULES",
+    "LRTrace",
     "MomentumFn",
     "PlateauWarmupStepper",
     "ScheduleFn",
@@ -22,5 +25,6 @@ __all__ = [
     "follow_param_groups",
     "lookup",
     "resolved_settings",
+    "simulate",
     "validate_scheduler",
 ]
