@@ -8,8 +8,7 @@ what it needs) loads only when it is asked for. ``LRFinder`` lives with the rang
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_exports
 
 _MODULES = {
     "GradNormMonitor": "._grad_norm",
@@ -28,15 +27,4 @@ _MODULES = {
 __all__ = sorted(_MODULES)
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lightning_optkit.callbacks' has no attribute {name!r}; "
-                             f"available: {', '.join(__all__)}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES, globals())
