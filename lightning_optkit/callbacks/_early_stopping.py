@@ -57,6 +57,62 @@ def _parse_delta(value: Any) -> tuple[float, bool]:
                       hint="min_delta=0.001 or min_delta='0.5%'")
 
 
+def _check_arguments(*, monitor: Any, mode: Any, patience: Any, min_delta: Any, start_epoch: Any, start_step: Any,
+                     smoothing: Any, ema_alpha: Any, median_window: Any, restore_best_weights: Any,
+                     stopping_threshold: Any, divergence_threshold: Any, check_finite: Any,
+                     check_on_train_epoch_end: Any, strict: Any, verbose: Any) -> tuple[float, bool]:
+    """Check every argument of ``EarlyStopping`` (in the order of its signature); return the parsed ``min_delta``.
+
+    Raises:
+        ConfigError: naming the argument, its value, what is valid and an example.
+
+    Example:
+        >>> _check_arguments(monitor="val_loss", mode="min", patience=3, min_delta="1%", start_epoch=0, start_step=0,
+        ...                  smoothing=None, ema_alpha=0.3, median_window=5, restore_best_weights=False,
+        ...                  stopping_threshold=None, divergence_threshold=None, check_finite=True,
+        ...                  check_on_train_epoch_end=None, strict=True, verbose=False)
+        (0.01, True)
+    """
+    if not isinstance(monitor, str) or not monitor:
+        raise ConfigError("EarlyStopping.monitor", monitor, "the name of a logged metric",
+                          hint="EarlyStopping('val_loss') with self.log('val_loss', ...) in validation_step")
+    if mode not in ("min", "max"):
+        raise ConfigError("EarlyStopping.mode", mode, "'min' or 'max'", suggestions=did_you_mean(mode, ["min", "max"]),
+                          hint="mode='min' for a loss, mode='max' for an accuracy")
+    _number("patience", patience, allow_none=False, minimum=0, integer=True, hint="patience=3 stops after "
+            "three checks without improvement")
+    _number("start_epoch", start_epoch, allow_none=False, minimum=0, integer=True,
+            hint="start_epoch=5 lets patience count from the sixth epoch (a warm-up of five)")
+    _number("start_step", start_step, allow_none=False, minimum=0, integer=True,
+            hint="start_step=1000 lets patience count once 1000 optimizer steps are done")
+    delta = _parse_delta(min_delta)
+    if smoothing not in (None, "ema", "median"):
+        raise ConfigError("EarlyStopping.smoothing", smoothing, "None, 'ema' or 'median'",
+                          suggestions=did_you_mean(smoothing, ["ema", "median"]),
+                          hint="smoothing='ema' with ema_alpha=0.3 damps noisy validation metrics")
+    _number("ema_alpha", ema_alpha, allow_none=False, minimum=0, hint="ema_alpha=0.3")
+    if not 0 < ema_alpha <= 1:
+        raise ConfigError("EarlyStopping.ema_alpha", ema_alpha, "a weight in (0, 1]",
+                          hint="smaller is smoother; 0.3 is a common choice")
+    _number("median_window", median_window, allow_none=False, minimum=1, integer=True, hint="median_window=5")
+    if not (isinstance(restore_best_weights, bool) or restore_best_weights == "checkpoint"):
+        raise ConfigError("EarlyStopping.restore_best_weights", restore_best_weights,
+                          "True (a CPU copy), False or 'checkpoint' (reload the Checkpoint callback's best file)",
+                          suggestions=did_you_mean(restore_best_weights, ["checkpoint"]),
+                          hint="restore_best_weights=True keeps the best weights in CPU memory")
+    _number("stopping_threshold", stopping_threshold, hint="stopping_threshold=0.01 stops once the value is below it"
+            " (mode='min')")
+    _number("divergence_threshold", divergence_threshold, hint="divergence_threshold=10.0 stops once the value is "
+            "above it (mode='min')")
+    for name, flag in (("check_finite", check_finite), ("strict", strict), ("verbose", verbose)):
+        if not isinstance(flag, bool):
+            raise ConfigError(f"EarlyStopping.{name}", flag, "True or False", hint=f"pass a bool, e.g. {name}=True")
+    if check_on_train_epoch_end is not None and not isinstance(check_on_train_epoch_end, bool):
+        raise ConfigError("EarlyStopping.check_on_train_epoch_end", check_on_train_epoch_end, "None, True or False",
+                          hint="leave it None to check after each validation when validation runs")
+    return delta
+
+
 class EarlyStopping(Callback):
     """Stop training when a monitored metric stops improving, without Lightning's rough edges.
 
@@ -149,43 +205,13 @@ class EarlyStopping(Callback):
         verbose: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(monitor, str) or not monitor:
-            raise ConfigError("EarlyStopping.monitor", monitor, "the name of a logged metric",
-                              hint="EarlyStopping('val_loss') with self.log('val_loss', ...) in validation_step")
-        if mode not in ("min", "max"):
-            raise ConfigError("EarlyStopping.mode", mode, "'min' or 'max'", suggestions=did_you_mean(mode, ["min", "max"]),
-                              hint="mode='min' for a loss, mode='max' for an accuracy")
-        _number("patience", patience, allow_none=False, minimum=0, integer=True, hint="patience=3 stops after "
-                "three checks without improvement")
-        _number("start_epoch", start_epoch, allow_none=False, minimum=0, integer=True,
-                hint="start_epoch=5 lets patience count from the sixth epoch (a warm-up of five)")
-        _number("start_step", start_step, allow_none=False, minimum=0, integer=True,
-                hint="start_step=1000 lets patience count once 1000 optimizer steps are done")
-        self.min_delta, self.relative_delta = _parse_delta(min_delta)
-        if smoothing not in (None, "ema", "median"):
-            raise ConfigError("EarlyStopping.smoothing", smoothing, "None, 'ema' or 'median'",
-                              suggestions=did_you_mean(smoothing, ["ema", "median"]),
-                              hint="smoothing='ema' with ema_alpha=0.3 damps noisy validation metrics")
-        _number("ema_alpha", ema_alpha, allow_none=False, minimum=0, hint="ema_alpha=0.3")
-        if not 0 < ema_alpha <= 1:
-            raise ConfigError("EarlyStopping.ema_alpha", ema_alpha, "a weight in (0, 1]",
-                              hint="smaller is smoother; 0.3 is a common choice")
-        _number("median_window", median_window, allow_none=False, minimum=1, integer=True, hint="median_window=5")
-        if not (isinstance(restore_best_weights, bool) or restore_best_weights == "checkpoint"):
-            raise ConfigError("EarlyStopping.restore_best_weights", restore_best_weights,
-                              "True (a CPU copy), False or 'checkpoint' (reload the Checkpoint callback's best file)",
-                              suggestions=did_you_mean(restore_best_weights, ["checkpoint"]),
-                              hint="restore_best_weights=True keeps the best weights in CPU memory")
-        _number("stopping_threshold", stopping_threshold, hint="stopping_threshold=0.01 stops once the value is below it"
-                " (mode='min')")
-        _number("divergence_threshold", divergence_threshold, hint="divergence_threshold=10.0 stops once the value is "
-                "above it (mode='min')")
-        for name, flag in (("check_finite", check_finite), ("strict", strict), ("verbose", verbose)):
-            if not isinstance(flag, bool):
-                raise ConfigError(f"EarlyStopping.{name}", flag, "True or False", hint=f"pass a bool, e.g. {name}=True")
-        if check_on_train_epoch_end is not None and not isinstance(check_on_train_epoch_end, bool):
-            raise ConfigError("EarlyStopping.check_on_train_epoch_end", check_on_train_epoch_end, "None, True or False",
-                              hint="leave it None to check after each validation when validation runs")
+        self.min_delta, self.relative_delta = _check_arguments(
+            monitor=monitor, mode=mode, patience=patience, min_delta=min_delta, start_epoch=start_epoch,
+            start_step=start_step, smoothing=smoothing, ema_alpha=ema_alpha, median_window=median_window,
+            restore_best_weights=restore_best_weights, stopping_threshold=stopping_threshold,
+            divergence_threshold=divergence_threshold, check_finite=check_finite,
+            check_on_train_epoch_end=check_on_train_epoch_end, strict=strict, verbose=verbose,
+        )
 
         self.monitor = monitor
         self.mode = mode

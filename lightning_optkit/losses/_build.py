@@ -156,7 +156,6 @@ def _plan(data: Any, path: str, part_keys: tuple[str, ...] = ()) -> _Plan:
     info, cls = resolve_loss(data.pop("name"), f"{path}.name")
     params, var_kw = _signature(cls)
     composite = info is not None and info.composite
-    in_part = bool(part_keys)
     coef_hint = (
         (
             "inside a composite the mixing weight of an entry is `coef`; `weight` is the loss's own "
@@ -166,6 +165,31 @@ def _plan(data: Any, path: str, part_keys: tuple[str, ...] = ()) -> _Plan:
         else ""
     )
 
+    _check_keys(data, path, cls, params, var_kw, composite, part_keys, coef_hint)
+
+    if cls is WeightedSumLoss:
+        _check_weighting(data, path)
+    tensor_names = _tensor_names(info, params)
+    kwargs = _plan_kwargs(data, path, info, params, tensor_names, coef_hint)
+
+    plan = _Plan(path, info, cls, kwargs, tensor_names)
+    if composite:
+        _plan_composite(plan, data, path, params)
+    return plan
+
+
+def _check_keys(
+    data: dict[str, Any],
+    path: str,
+    cls: type,
+    params: Mapping[str, inspect.Parameter],
+    var_kw: bool,
+    composite: bool,
+    part_keys: tuple[str, ...],
+    coef_hint: str,
+) -> None:
+    """Check a loss block's keys: strings, none deprecated or misplaced, all accepted by ``cls``, none missing."""
+    in_part = bool(part_keys)
     for key in data:
         if not isinstance(key, str):
             raise ConfigError(f"{path}.{key}", data[key], "string keys only")
@@ -202,9 +226,17 @@ def _plan(data: Any, path: str, part_keys: tuple[str, ...] = ()) -> _Plan:
         if p.default is inspect.Parameter.empty and name not in data and name not in _DEPRECATED:
             raise ConfigError(f"{path}.{name}", expected=f"a value: {cls.__name__} requires `{name}`")
 
-    if cls is WeightedSumLoss:
-        _check_weighting(data, path)
-    tensor_names = _tensor_names(info, params)
+
+def _plan_kwargs(
+    data: dict[str, Any],
+    path: str,
+    info: Any,
+    params: Mapping[str, inspect.Parameter],
+    tensor_names: Any,
+    coef_hint: str,
+) -> dict[str, Any]:
+    """Convert and check a loss block's values into the constructor's keyword arguments (not ``losses``)."""
+    composite = info is not None and info.composite
     vector_names = info.vector_kwargs if info else ()
     callable_names = info.callable_kwargs if info else ()
     kwargs: dict[str, Any] = {}
@@ -239,24 +271,25 @@ def _plan(data: Any, path: str, part_keys: tuple[str, ...] = ()) -> _Plan:
                     ok = False
                 if not ok:
                     raise ConfigError(f"{path}.{check.kwarg}", data[check.kwarg], check.expected)
+    return kwargs
 
-    plan = _Plan(path, info, cls, kwargs, tensor_names)
-    if composite:
-        if "losses" in data:
-            _plan_parts(plan, data["losses"], params)
-        elif data.get("num_tasks") is None:
-            raise ConfigError(
-                f"{path}.losses",
-                expected="a list of loss configs",
-                hint="or set `num_tasks` and pass precomputed per-task losses"
-                if "num_tasks" in params
-                else "",
-            )
-        tasks = data.get("tasks")
-        count = len(plan.parts) if plan.has_parts else data.get("num_tasks")
-        if isinstance(tasks, (list, tuple)) and len(tasks) != count:
-            raise ConfigError(f"{path}.tasks", tasks, f"one entry per task ({count})")
-    return plan
+
+def _plan_composite(plan: _Plan, data: dict[str, Any], path: str, params: Mapping[str, inspect.Parameter]) -> None:
+    """Plan a composite's entries (``losses``) into ``plan`` and check ``num_tasks``/``tasks`` against them."""
+    if "losses" in data:
+        _plan_parts(plan, data["losses"], params)
+    elif data.get("num_tasks") is None:
+        raise ConfigError(
+            f"{path}.losses",
+            expected="a list of loss configs",
+            hint="or set `num_tasks` and pass precomputed per-task losses"
+            if "num_tasks" in params
+            else "",
+        )
+    tasks = data.get("tasks")
+    count = len(plan.parts) if plan.has_parts else data.get("num_tasks")
+    if isinstance(tasks, (list, tuple)) and len(tasks) != count:
+        raise ConfigError(f"{path}.tasks", tasks, f"one entry per task ({count})")
 
 
 def _check_weighting(data: Mapping[str, Any], path: str) -> None:

@@ -20,9 +20,10 @@ Example:
 from ._api import find_lr
 from ._apply import LRPlan, ScheduleProfile, apply_result, lr_plan, schedule_profile, write_config
 from ._callback import LRFinder
-from ._engine import RangeTestSettings, run_range_test, sweep_lrs
+from ._engine import run_range_test
 from ._result import LRFinderResult
 from ._rules import DEFAULT_RULE, RULES, Curve, SuggestionRule, smooth, suggest_all
+from ._settings import RangeTestSettings, sweep_lrs
 from ._state import TrainingSnapshot
 
 __all__ = [

@@ -53,47 +53,40 @@ def find_lr(
     datamodule: L.LightningDataModule | None = None,
     *,
     trainer: L.Trainer | None = None,
-    min_lr: float = 1e-7,
-    max_lr: float = 10.0,
-    num_steps: int = 100,
-    mode: str = "exponential",
+    min_lr: float = 1e-7, max_lr: float = 10.0, num_steps: int = 100, mode: str = "exponential",
     rule: str = DEFAULT_RULE,
     val_batches: int = 0,
     divergence_threshold: float | None = 4.0,
     beta: float = 0.98,
     schedule_aware: bool = True,
     optimizer: int | None = None,
-    snapshot: str = "memory",
-    snapshot_dir: str | os.PathLike | None = None,
+    snapshot: str = "memory", snapshot_dir: str | os.PathLike | None = None,
     update_config: bool = False,
     trainer_kwargs: Mapping[str, Any] | None = None,
 ) -> LRFinderResult:
     """Run an LR range test on ``model`` and return the curve and every rule's suggestion.
 
-    The model and every global random generator are exactly as they were afterwards (so
-    ``seed_everything(0); find_lr(...); trainer.fit(...)`` trains as ``seed_everything(0);
-    trainer.fit(...)``), and the trainer can be used for the real ``fit`` next. ``result.recommended_lr`` is the value to
-    configure as ``optimizer.lr``: the rule's suggestion, scaled for the schedule when it has a
-    peak (warm-up/cosine, OneCycle: the schedule's mean LR ahead equals the suggestion), never above
-    ``result.margin_lr`` (the LR where the loss starts to rise, divided by a safety margin).
-    ``result.interval`` and ``result.confidence`` say how sure the curve is; ``result.status`` is
-    ``"flat"``, ``"noisy"`` or ``"diverged_at_once"`` (no suggestion) when it is weak, with
-    ``result.advice`` saying what to change.
+    The model and every global random generator are exactly as they were afterwards (so ``seed_everything(0);
+    find_lr(...); trainer.fit(...)`` trains as ``seed_everything(0); trainer.fit(...)``), and the trainer can be used
+    for the real ``fit`` next. ``result.recommended_lr`` is the value to configure as ``optimizer.lr``: the rule's
+    suggestion, scaled for the schedule when it has a peak (warm-up/cosine, OneCycle: the schedule's mean LR ahead
+    equals the suggestion), never above ``result.margin_lr`` (the LR where the loss starts to rise, divided by a
+    safety margin). ``result.interval`` and ``result.confidence`` say how sure the curve is; ``result.status`` is
+    ``"flat"``, ``"noisy"`` or ``"diverged_at_once"`` (no suggestion) when it is weak, with ``result.advice`` saying
+    what to change.
 
     Args:
-        model: the LightningModule (with :class:`~lightning_optkit.OptimMixin` or its own
-            ``configure_optimizers``).
+        model: the LightningModule (with :class:`~lightning_optkit.OptimMixin` or its own ``configure_optimizers``).
         train_dataloaders, val_dataloaders, datamodule: the data, as for ``Trainer.fit``.
-        trainer: the Trainer to run on (use the one you will fit with: its length sets the
-            schedule, its precision, accumulation and strategy are used). Default: a quiet
-            single-device Trainer built from ``trainer_kwargs``.
-        min_lr, max_lr, num_steps, mode: the sweep (``num_steps`` optimizer steps from ``min_lr`` to
-            ``max_lr``, exponentially or linearly spaced).
-        rule: the rule of :attr:`LRFinderResult.suggestion` (``"guarded"``, the default,
-            ``"steepest"``, ``"valley"``, ``"minimum"``, ``"median"``).
-        val_batches: held-out batches whose loss is measured after every step (0: none); the rules
-            then read the held-out curve (validation-aware mode: sees overfitting; misleads with
-            BatchNorm, whose eval-mode statistics lag the sweep).
+        trainer: the Trainer to run on (use the one you will fit with: its length sets the schedule, its precision,
+            accumulation and strategy are used). Default: a quiet single-device Trainer built from ``trainer_kwargs``.
+        min_lr, max_lr, num_steps, mode: the sweep (``num_steps`` optimizer steps from ``min_lr`` to ``max_lr``,
+            exponentially or linearly spaced).
+        rule: the rule of :attr:`LRFinderResult.suggestion` (``"guarded"``, the default, ``"steepest"``,
+            ``"valley"``, ``"minimum"``, ``"median"``).
+        val_batches: held-out batches whose loss is measured after every step (0: none); the rules then read the
+            held-out curve (validation-aware mode: sees overfitting; misleads with BatchNorm, whose eval-mode
+            statistics lag the sweep).
         divergence_threshold: stop once the smoothed loss exceeds this multiple of its best.
         beta: smoothing of the bias-corrected moving average.
         schedule_aware: apply the schedule's peak rule to ``recommended_lr``.
@@ -128,6 +121,17 @@ def find_lr(
         divergence_threshold=divergence_threshold, beta=beta, schedule_aware=schedule_aware,
         optimizer=optimizer, snapshot=snapshot, snapshot_dir=None if snapshot_dir is None else os.fspath(snapshot_dir),
     )
+    trainer = _checked_trainer(model, trainer, trainer_kwargs, update_config)
+    return _run_on_trainer(trainer, model, _RunOnce(settings, update_config),
+                           train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders, datamodule=datamodule)
+
+
+def _checked_trainer(model: Any, trainer: L.Trainer | None, trainer_kwargs: Any, update_config: Any) -> L.Trainer:
+    """Check ``find_lr``'s non-sweep arguments and return the Trainer to run on (built when ``None``).
+
+    Raises:
+        ConfigError: naming the bad argument, its value and what is valid.
+    """
     if not isinstance(model, L.LightningModule):
         raise ConfigError("model", type(model).__name__, "a LightningModule")
     if not isinstance(update_config, bool):
@@ -145,14 +149,21 @@ def find_lr(
     if trainer.fast_dev_run:
         raise ConfigError("trainer.fast_dev_run", trainer.fast_dev_run, "False: fast_dev_run runs one batch, "
                           "a range test needs num_steps")
-    runner = _RunOnce(settings, update_config)
+    return trainer
+
+
+def _run_on_trainer(trainer: L.Trainer, model: L.LightningModule, runner: _RunOnce, **data: Any) -> LRFinderResult:
+    """Fit ``model`` with only ``runner`` as callback, then restore the trainer and every RNG; return the result.
+
+    ``data`` holds ``Trainer.fit``'s ``train_dataloaders``, ``val_dataloaders`` and ``datamodule``.
+    """
     rng = collect_rng_state()  # the fit's own set-up (loader iterators) draws from them too
     saved_callbacks, saved_loggers = trainer.callbacks, trainer.loggers
     # the user's callbacks and loggers see nothing of the test (no hparams logged, no checkpoint dirs)
     trainer.callbacks = [runner]
     trainer.loggers = []
     try:
-        trainer.fit(model, train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders, datamodule=datamodule)
+        trainer.fit(model, **data)
     finally:
         trainer.callbacks = saved_callbacks
         trainer.loggers = saved_loggers

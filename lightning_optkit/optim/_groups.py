@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from ..config import ConfigError, OptimBlock, did_you_mean
+from ..config import ConfigError, OptimBlock, ParamGroupRule, did_you_mean
 from ._registry import OptimInfo
 
 __all__ = ["GroupPlan", "build_param_groups", "format_groups", "layer_ids", "matches", "no_decay_names"]
@@ -178,35 +178,9 @@ def build_param_groups(
     ``taken`` collects names already owned by an earlier block (several optimizers) and is updated.
     """
     taken = set() if taken is None else taken
-    named = [(n, p) for n, p in module.named_parameters() if n not in taken]
-    if block.params != "*":
-        _check_regexes(block.params, f"{prefix}params")
-        owned = [(n, p) for n, p in named if matches(n, block.params)]
-        if not owned:
-            pat = _patterns(block.params)[0]
-            raise ConfigError(f"{prefix}params", block.params, "globs that match parameter names of the model",
-                              suggestions=_similar(pat, [n for n, _ in named]))
-        named = owned
+    named = _owned_params(module, block, prefix, taken)
     rules = block.param_groups
-    for i, rule in enumerate(rules):
-        _check_regexes(rule.params, f"{prefix}param_groups.{i}.params")
-    assigned: dict[str, int | None] = {}
-    hit = [False] * len(rules)
-    for n, _p in named:
-        for i, rule in enumerate(rules):
-            if matches(n, rule.params):
-                assigned[n] = i
-                hit[i] = True
-                break
-        else:
-            assigned[n] = None
-    for i, ok in enumerate(hit):
-        if not ok:
-            pat = _patterns(rules[i].params)[0]
-            raise ConfigError(f"{prefix}param_groups.{i}.params", rules[i].params,
-                              "globs that match at least one parameter name (earlier rules take precedence)",
-                              suggestions=_similar(pat, [n for n, _ in named]),
-                              hint=_shared_hint(module, rules[i].params))
+    assigned = _assign_rules(module, named, rules, prefix)
     for n, p in named:
         idx = assigned[n]
         if idx is not None and rules[idx].frozen:
@@ -229,6 +203,77 @@ def build_param_groups(
     if block.layer_decay is not None:
         lids, num_layers = layer_ids(module, [n for n, _ in named])
 
+    plans = _plan_groups(trainable, assigned, block, info, base_wd, no_decay, (lids, num_layers))
+    groups = sorted(plans.values(), key=lambda g: [n for n, _ in named].index(g.names[0]))
+    _dedupe_labels(groups)
+    if info.single_group and len(groups) > 1:
+        raise ConfigError(f"{prefix}param_groups", [g.name for g in groups],
+                          f"a single parameter group: {info.cls.__name__} does not support per-parameter options",
+                          hint="drop param_groups rules (frozen-only rules are fine) and layer_decay")
+    return groups
+
+
+def _owned_params(
+    module: nn.Module, block: OptimBlock, prefix: str, taken: set[str]
+) -> list[tuple[str, nn.Parameter]]:
+    """The named parameters ``block`` owns: not ``taken`` by an earlier block, matching ``block.params``."""
+    named = [(n, p) for n, p in module.named_parameters() if n not in taken]
+    if block.params != "*":
+        _check_regexes(block.params, f"{prefix}params")
+        owned = [(n, p) for n, p in named if matches(n, block.params)]
+        if not owned:
+            pat = _patterns(block.params)[0]
+            raise ConfigError(f"{prefix}params", block.params, "globs that match parameter names of the model",
+                              suggestions=_similar(pat, [n for n, _ in named]))
+        named = owned
+    return named
+
+
+def _assign_rules(
+    module: nn.Module, named: Sequence[tuple[str, nn.Parameter]], rules: Sequence[ParamGroupRule], prefix: str
+) -> dict[str, int | None]:
+    """Map each parameter name to the index of the first rule matching it (``None``: no rule).
+
+    Raises:
+        ConfigError: for a bad regex or a rule that matches no parameter.
+    """
+    for i, rule in enumerate(rules):
+        _check_regexes(rule.params, f"{prefix}param_groups.{i}.params")
+    assigned: dict[str, int | None] = {}
+    hit = [False] * len(rules)
+    for n, _p in named:
+        for i, rule in enumerate(rules):
+            if matches(n, rule.params):
+                assigned[n] = i
+                hit[i] = True
+                break
+        else:
+            assigned[n] = None
+    for i, ok in enumerate(hit):
+        if not ok:
+            pat = _patterns(rules[i].params)[0]
+            raise ConfigError(f"{prefix}param_groups.{i}.params", rules[i].params,
+                              "globs that match at least one parameter name (earlier rules take precedence)",
+                              suggestions=_similar(pat, [n for n, _ in named]),
+                              hint=_shared_hint(module, rules[i].params))
+    return assigned
+
+
+def _plan_groups(
+    trainable: Sequence[tuple[str, nn.Parameter]],
+    assigned: dict[str, int | None],
+    block: OptimBlock,
+    info: OptimInfo,
+    base_wd: Any,
+    no_decay: set[str],
+    layers: tuple[dict[str, int], int],
+) -> dict[tuple[Any, ...], GroupPlan]:
+    """Group ``trainable`` by (rule, decayed, layer) with each group's ``lr``/``weight_decay`` options.
+
+    ``layers`` is :func:`layer_ids`'s ``(ids, num_layers)`` (empty ids without ``layer_decay``).
+    """
+    lids, num_layers = layers
+    rules = block.param_groups
     plans: dict[tuple[Any, ...], GroupPlan] = {}
     for n, p in trainable:
         idx = assigned[n]
@@ -261,13 +306,7 @@ def build_param_groups(
             plans[key] = GroupPlan(label, options=options)
         plans[key].names.append(n)
         plans[key].params.append(p)
-    groups = sorted(plans.values(), key=lambda g: [n for n, _ in named].index(g.names[0]))
-    _dedupe_labels(groups)
-    if info.single_group and len(groups) > 1:
-        raise ConfigError(f"{prefix}param_groups", [g.name for g in groups],
-                          f"a single parameter group: {info.cls.__name__} does not support per-parameter options",
-                          hint="drop param_groups rules (frozen-only rules are fine) and layer_decay")
-    return groups
+    return plans
 
 
 def _check_sparse(module: nn.Module, trainable: Sequence[tuple[str, nn.Parameter]], info: OptimInfo,
