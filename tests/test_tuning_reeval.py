@@ -187,3 +187,93 @@ def test_two_processes_on_one_study_reevaluate_each_run_once(tmp_path):
     assert sorted(done) == sorted((n, s) for n, by_seed in runs.items() for s in by_seed)
     assert set(done) == {(str(t.number), s) for t in top_trials(study, 3) for s in ("1000", "2000")}
     assert len(study.trials) == 4
+
+
+def test_reevaluation_stops_at_the_timeout_and_says_so(tmp_path, capsys):
+    """A resumed study whose search is done, with a tiny ``timeout``: no re-evaluation run starts, the summary
+    says it was cut by the timeout, and the best config stays the search-time best until a rerun finishes it."""
+    sign, stable, _ = _case()
+    study = tune(_source(sign, stable), SEARCH, config=OPTIM, sampler=_sampler(), out_dir=tmp_path, reeval=0, **RUN)
+    noisy_number = _by_variant(study)["noisy"].number
+    capsys.readouterr()
+    cut = tune(_source(sign, stable), SEARCH, config=OPTIM, sampler=_sampler(), out_dir=tmp_path,
+               study_name=study.study_name, resume=True, timeout=1e-6, **RUN)
+    captured = capsys.readouterr()
+    assert "re-evaluation: trial" not in captured.err
+    assert not cut.user_attrs[REEVAL_KEY].get("runs") and cut.user_attrs[REEVAL_KEY]["timed_out"] is True
+    assert "re-evaluation cut by the timeout: 4 run(s) not done" in captured.out
+    assert best_by_reeval(cut).number == noisy_number
+    best = tmp_path / study.study_name / "best_config.yaml"
+    assert yaml.safe_load(best.read_text())["run"]["model"] == {"variant": "noisy"}
+    done = tune(_source(sign, stable), SEARCH, config=OPTIM, sampler=_sampler(), out_dir=tmp_path,
+                study_name=study.study_name, resume=True, **RUN)  # a rerun with time finishes them
+    assert done.user_attrs[REEVAL_KEY]["timed_out"] is False
+    assert "cut by the timeout" not in capsys.readouterr().out
+    assert yaml.safe_load(best.read_text())["run"]["model"] == {"variant": "stable"}
+
+
+def test_best_by_reeval_reads_the_recorded_seeds_and_a_resume_keeps_the_study_seed(tmp_path):
+    """best_by_reeval() reads the seeds the runs were recorded with (not ones rebuilt from the stored plan), and a
+    resume with another explicit seed is refused rather than mixing seeds."""
+    sign, stable, _ = _case()
+    study = tune(_source(sign, stable), SEARCH, config=OPTIM, sampler=_sampler(), out_dir=tmp_path, **RUN)
+    stable_number = _by_variant(study)["stable"].number
+    assert best_by_reeval(study).number == stable_number
+    plan = dict(study.user_attrs["optkit.plan"])
+    study.set_user_attr("optkit.plan", {**plan, "seed": 7})  # a stored plan seed the runs were not derived from
+    assert best_by_reeval(study).number == stable_number
+    study.set_user_attr("optkit.plan", plan)
+
+    with pytest.raises(ConfigError, match=r"seed.*5.*the seed of study .*: 0.*omit --seed.*--seed 0"):
+        tune(_source(sign, stable), SEARCH, config=OPTIM, sampler=_sampler(), out_dir=tmp_path,
+             study_name=study.study_name, resume=True, seed=5, **RUN)
+    again = tune(_source(sign, stable), SEARCH, config=OPTIM, sampler=_sampler(), out_dir=tmp_path,
+                 study_name=study.study_name, resume=True, seed=0, **RUN)
+    assert again.user_attrs[REEVAL_KEY]["seeds"] == [1000, 2000]
+
+
+def test_a_resume_without_seed_keeps_the_study_seed(tmp_path):
+    sign, stable, _ = _case()
+    study = tune(_source(sign, stable), SEARCH, config=OPTIM, sampler=_sampler(), out_dir=tmp_path, seed=3, **RUN)
+    record = study.user_attrs[REEVAL_KEY]
+    assert record["seeds"] == [1003, 2003]
+    again = tune(_source(sign, stable), SEARCH, config=OPTIM, sampler=_sampler(), out_dir=tmp_path,
+                 study_name=study.study_name, resume=True, **RUN)
+    assert again.user_attrs[REEVAL_KEY] == record  # the same seeds: no run redone, none with seed 0's
+
+
+def test_fit_of_a_best_config_names_what_was_not_recorded_and_honours_seed(tmp_path, capsys):
+    """`optkit fit BEST.yaml`: Trainer arguments that are objects are listed under run.not_recorded and named in a
+    warning; --seed / --devices / --log-every-n-steps replace the run's values."""
+    from lightning.pytorch.callbacks import Callback
+
+    from lightning_optkit.tuning._refit import cmd_fit_run
+
+    sign, stable, noisy = _case()
+    run = {**RUN, "trainer_kwargs": {**RUN["trainer_kwargs"], "callbacks": [Callback()]}}
+    study = tune(_source(sign, stable), SEARCH, config=OPTIM, sampler=_sampler(), out_dir=tmp_path, reeval=0, **run)
+    best = tmp_path / study.study_name / "best_config.yaml"
+    data = yaml.safe_load(best.read_text())
+    assert data["run"]["model"] == {"variant": "noisy"} and data["run"]["not_recorded"] == ["callbacks"]
+    assert data["run"]["trainer"]["devices"] == 1 and "callbacks" not in data["run"]["trainer"]
+    with pytest.warns(UserWarning, match=r"Trainer arguments callbacks were not recorded"):
+        trainer = fit_run(best, log_dir=tmp_path / "refit")
+    assert float(trainer.callback_metrics["val_score"]) == pytest.approx(noisy[0])  # the run's seed (0)
+    capsys.readouterr()
+    args = argparse.Namespace(seed=5, devices="1", log_every_n_steps=3, max_epochs=None, accelerator=None,
+                              log_dir=str(tmp_path / "refit"), quiet=True)
+    with pytest.warns(UserWarning, match="callbacks"):
+        assert cmd_fit_run(str(best), args, {}) == 0
+    assert f"val_score: {sign * noisy_score(5):.4f}" in capsys.readouterr().out
+    # flags not given (None, as `optkit fit BEST.yaml` passes them) keep the run's own seed; an explicit
+    # --seed 0 is honoured like any other
+    data["run"]["seed"] = 7
+    best.write_text(yaml.safe_dump(data))
+    unset = argparse.Namespace(**{**vars(args), "seed": None, "devices": None, "log_every_n_steps": None})
+    with pytest.warns(UserWarning, match="callbacks"):
+        assert cmd_fit_run(str(best), unset, {}) == 0
+    assert f"val_score: {sign * noisy_score(7):.4f}" in capsys.readouterr().out
+    zero = argparse.Namespace(**{**vars(unset), "seed": 0})
+    with pytest.warns(UserWarning, match="callbacks"):
+        assert cmd_fit_run(str(best), zero, {}) == 0
+    assert f"val_score: {sign * noisy_score(0):.4f}" in capsys.readouterr().out

@@ -45,15 +45,17 @@ def _files(tmp_path: Path) -> tuple[Path, Path]:
     return base, search
 
 
-def launcher(tmp_path: Path, storage: str, name: str, *, trials: int, workers: int = 1, epochs: int = 2,
+def launcher(tmp_path: Path, storage: str, name: str, *, trials: int, workers: int | None = 1, epochs: int = 2,
              sleep: float = 0.05, extra: tuple[str, ...] = ()) -> subprocess.Popen:
-    """An `optkit tune` process on the shared study `shared` (its output in tmp_path/NAME.out)."""
+    """An `optkit tune` process on the shared study `shared` (its output in tmp_path/NAME.out);
+    ``workers=None``: every trial in the process itself (no ``--workers``)."""
     base, search = _files(tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]),
            "OPTKIT_TEST_STEP_SLEEP": str(sleep)}
     cmd = [sys.executable, "-m", "lightning_optkit.tuning", str(base), "--factory", FACTORY, "--search", str(search),
            "--monitor", "val_loss", "--trials", str(trials), "--pruner", "none", "--max-epochs", str(epochs),
-           "--accelerator", "cpu", "--workers", str(workers), "--devices", "cpu", "--storage", storage,
+           "--accelerator", "cpu", *(() if workers is None else ("--workers", str(workers), "--devices", "cpu")),
+           "--storage", storage,
            "--study", "shared", "--resume", "--no-plots", "--no-tensorboard", "--out", str(tmp_path / name), *extra]
     log = open(tmp_path / f"{name}.out", "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -106,6 +108,29 @@ def test_two_launchers_share_one_budget_on_a_journal_file(tmp_path):
 
     store, _ = resolve_storage(journal, tmp_path)
     check_budget(optuna.load_study(study_name="shared", storage=store), 8, outputs)
+
+
+def test_two_in_process_runs_share_one_budget_on_sqlite(tmp_path):
+    """Two `optkit tune --resume --trials 6` without --workers on one SQLite file: each trial is claimed."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    names = ["a", "b"]
+    procs = [launcher(tmp_path, url, n, trials=6, workers=None, epochs=1) for n in names]
+    outputs = wait_all(procs, tmp_path, names)
+    check_budget(optuna.load_study(study_name="shared", storage=url), 6, outputs)
+
+
+def test_an_in_process_run_claims_no_place_held_by_a_trial_running_elsewhere(tmp_path):
+    """The study's only place is held by a RUNNING trial of another (live) process: this run starts none."""
+    from lightning_optkit.tuning._budget import process_record
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    study = optuna.create_study(study_name="shared", storage=url, direction="minimize")
+    elsewhere = study.ask()
+    elsewhere.set_user_attr(WORKER_KEY, process_record(slot="test"))  # this test process: alive
+    proc = launcher(tmp_path, url, "a", trials=1, workers=None, epochs=1)
+    out = wait_all([proc], tmp_path, ["a"])[0]
+    assert RAN.search(out).group(1) == "0", out
+    assert len(optuna.load_study(study_name="shared", storage=url).get_trials(states=HELD)) == 0
 
 
 # -- 2. safe concurrent start -----------------------------------------------------------------------------------

@@ -65,14 +65,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.overrides)
     if _lightningcli_file(source, args):
         return _fit_lightningcli(args, str(source), overrides)
-    args.seed = 0 if args.seed is None else args.seed
-    args.devices = "1" if args.devices is None else args.devices
     if not args.example and not args.model:
         from ..tuning._refit import cmd_fit_run, read_run
 
         if source is not None and read_run(source) is not None:  # a best_config.yaml of optkit tune: a whole run
-            return cmd_fit_run(source, args, overrides)
+            return cmd_fit_run(source, args, overrides)  # flags left unset keep the run's own values
         raise UsageError("give --example digits, or CONFIG with --model pkg.mod.Class --data pkg.mod.DataModule")
+    args.seed = 0 if args.seed is None else args.seed
+    args.devices = "1" if args.devices is None else args.devices
 
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import statistics
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -154,6 +155,7 @@ class ReevalReport:
     seconds: float
     search_steps: int
     search_seconds: float
+    timed_out: bool = False  # the last re-evaluation stopped at the timeout / study_timeout with runs left
 
     @property
     def complete(self) -> bool:
@@ -186,7 +188,10 @@ class ReevalReport:
         out.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
         out.extend("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
         out.extend(f"  trial {s.number}: a re-run failed: {e}" for s in self.standings for e in s.errors)
-        if self.missing:
+        if self.missing and self.timed_out:
+            out.append(f"re-evaluation cut by the timeout: {len(self.missing)} run(s) not done; the best config is "
+                       "the search-time best until a rerun of the command (with more time) finishes them")
+        elif self.missing:
             out.append(f"re-evaluation incomplete: {len(self.missing)} run(s) missing (their process died or was "
                        "stopped); the best config is the search-time best until a rerun of the command finishes them")
         return out
@@ -244,8 +249,12 @@ def _value(result: dict[str, Any]) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float("nan")
 
 
-def reeval_report(study: optuna.Study, monitor: str, seed: int, k: int, r: int) -> ReevalReport | None:
+def reeval_report(study: optuna.Study, monitor: str, seed: int, k: int, r: int,
+                  seeds: Sequence[int] | None = None) -> ReevalReport | None:
     """The standings of the current top ``k`` configs from the recorded runs with the ``r`` seeds.
+
+    ``seeds``: the re-runs' seeds (default: derived from ``seed``); :func:`best_by_reeval` passes the
+    ones recorded in ``optkit.reeval``.
 
     ``None`` when re-evaluation is off (``k`` or ``r`` is 0), the study has several objectives or no
     COMPLETE trial. Configs with missing runs are listed in ``missing`` (the choice waits for them).
@@ -255,7 +264,7 @@ def reeval_report(study: optuna.Study, monitor: str, seed: int, k: int, r: int) 
     candidates = top_trials(study, k)
     if not candidates:
         return None
-    seeds = reeval_seeds(seed, r)
+    seeds = list(seeds) if seeds is not None else reeval_seeds(seed, r)
     runs = _record(study).get("runs", {})
     standings, missing, steps, seconds = [], [], 0, 0.0
     for t in candidates:
@@ -273,7 +282,8 @@ def reeval_report(study: optuna.Study, monitor: str, seed: int, k: int, r: int) 
     search_runs = [t.user_attrs.get("optkit.run") or {} for t in study.get_trials(deepcopy=False)]
     return ReevalReport(monitor, "maximize" if sign < 0 else "minimize", seed, tuple(seeds), tuple(standings),
                         tuple(missing), steps, seconds, sum(int(x.get("steps") or 0) for x in search_runs),
-                        sum(float(x.get("seconds") or 0.0) for x in search_runs))
+                        sum(float(x.get("seconds") or 0.0) for x in search_runs),
+                        timed_out=bool(_record(study).get("timed_out")))
 
 
 def best_by_reeval(study: optuna.Study) -> FrozenTrial | None:
@@ -292,7 +302,7 @@ def best_by_reeval(study: optuna.Study) -> FrozenTrial | None:
     report = None
     if rec.get("seeds") and plan.get("monitors") and len(study.directions) == 1:
         report = reeval_report(study, plan["monitors"][0], int(plan.get("seed", 0)), int(rec.get("k", 0)),
-                               len(rec["seeds"]))
+                               len(rec["seeds"]), seeds=[int(s) for s in rec["seeds"]])
     if report is not None and report.chosen is not None:
         return next(t for t in study.get_trials(deepcopy=False) if t.number == report.chosen.number)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -306,11 +316,14 @@ Execute = Callable[[Sequence[Job]], Iterable[tuple[Job, "dict[str, Any] | None"]
 
 
 def reevaluate(study: optuna.Study, monitor: str, seed: int, k: int, r: int, execute: Execute, *,
-               progress: bool = True) -> ReevalReport | None:
+               progress: bool = True, deadline: float | None = None) -> ReevalReport | None:
     """Run the missing re-evaluation runs of the top ``k`` configs under the study's re-evaluation lock.
 
     ``execute(jobs)`` trains them (in this process, or the launcher's worker processes) and yields
-    ``(job, result)`` as each ends (``result`` ``None``: its process died). Returns the report.
+    ``(job, result)`` as each ends (``result`` ``None``: its process died). Once ``deadline`` (seconds
+    since the epoch: the ``timeout`` / ``study_timeout`` of :func:`tune`) has passed no more runs
+    start (runs still going in worker processes are stopped), and the record says re-evaluation was
+    cut (``timed_out``): the best config stays the search-time best. Returns the report.
     """
     if len(study.directions) != 1:
         return None
@@ -327,14 +340,42 @@ def reevaluate(study: optuna.Study, monitor: str, seed: int, k: int, r: int, exe
         if jobs and progress:
             print(f"optkit tune: re-evaluating the top {k} configs with {r} new seeds each: {len(jobs)} runs",
                   file=sys.stderr, flush=True)
-        for job, result in execute(jobs):
+        left = _run_jobs(study, jobs, execute, monitor, k, seeds, progress=progress, deadline=deadline)
+        if left or _record(study).get("timed_out"):
+            study.set_user_attr(REEVAL_KEY, {**_record(study), "k": k, "seeds": seeds, "timed_out": bool(left)})
+        if left and progress:
+            print(f"optkit tune: re-evaluation cut by the timeout: {left} run(s) not done", file=sys.stderr,
+                  flush=True)
+    return reeval_report(study, monitor, seed, k, r)
+
+
+def _expired(deadline: float | None) -> bool:
+    return deadline is not None and time.time() >= deadline
+
+
+def _run_jobs(study: optuna.Study, jobs: Sequence[Job], execute: Execute, monitor: str, k: int,
+              seeds: Sequence[int], *, progress: bool, deadline: float | None) -> int:
+    """Run ``jobs`` with ``execute``, recording each result; returns how many were left when ``deadline`` passed."""
+    if jobs and _expired(deadline):
+        return len(jobs)
+    done = 0
+    runs = execute(jobs)
+    try:
+        for job, result in runs:
+            done += 1
             if result is not None:
                 _store(study, job, result, k, seeds)
                 if progress:
                     print(f"[optkit tune] re-evaluation: trial {job.trial.number} seed {job.seed}: {monitor}="
                           f"{_num(_value(result))}" + (f" ({result['error']})" if result.get("error") else ""),
                           file=sys.stderr, flush=True)
-    return reeval_report(study, monitor, seed, k, r)
+            if done < len(jobs) and _expired(deadline):
+                return len(jobs) - done
+    finally:
+        close = getattr(runs, "close", None)
+        if close is not None:
+            close()  # a generator: stops the runs it started and has not yielded yet
+    return 0
 
 
 def assignment_for(job: Job, plan: Any) -> Assignment:

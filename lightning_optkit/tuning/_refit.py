@@ -12,6 +12,7 @@ under ``run:``, everything else the trial trained with::
       trainer: {max_epochs: 10, gradient_clip_val: 0.5}         # the study's Trainer arguments + trainer.*
       seed: 0
       threads: 1
+      not_recorded: [callbacks]   # Trainer arguments that are objects: optkit fit warns that it trains without them
 
 The source is one of :meth:`ModelSource.describe`'s forms (an example name, model/data class
 paths, a LightningCLI file, an importable factory path). :func:`fit_run` rebuilds it, seeds as the
@@ -23,6 +24,7 @@ machine and thread count).
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,8 @@ def run_block(plan: Any, targets: Mapping[str, Mapping[str, Any]]) -> dict[str, 
         plan: the study's :class:`~lightning_optkit.tuning._runner.TrialPlan`.
         targets: the best trial's sampled ``{"model": ..., "data": ..., "trainer": ...}``.
     """
-    trainer = {k: v for k, v in plan.trainer_kwargs.items() if isinstance(v, _PLAIN)}
+    trainer = {k: copy.deepcopy(v) for k, v in plan.trainer_kwargs.items() if _writable(v)}
+    not_recorded = sorted(k for k in plan.trainer_kwargs if k not in trainer)
     trainer.update(copy.deepcopy(dict(targets.get("trainer") or {})))
     out: dict[str, Any] = {"source": plan.source.describe()}
     for section in ("model", "data"):
@@ -52,7 +55,20 @@ def run_block(plan: Any, targets: Mapping[str, Mapping[str, Any]]) -> dict[str, 
     out["seed"] = plan.seed
     if plan.threads is not None:
         out["threads"] = plan.threads
+    if not_recorded:
+        out["not_recorded"] = not_recorded
     return out
+
+
+def _writable(value: Any) -> bool:
+    """A value YAML writes and reads back as it is: a scalar, or a list / string-keyed dict of them."""
+    if isinstance(value, _PLAIN):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_writable(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _writable(v) for k, v in value.items())
+    return False
 
 
 def read_run(path: str | Path) -> dict[str, Any] | None:
@@ -69,11 +85,13 @@ def read_run(path: str | Path) -> dict[str, Any] | None:
 
 
 def fit_run(path: str | Path, *, overrides: Mapping[str, Any] | None = None, log_dir: str | Path = "optkit_runs",
-            trainer_overrides: Mapping[str, Any] | None = None, quiet: bool = True) -> Any:
+            trainer_overrides: Mapping[str, Any] | None = None, quiet: bool = True, seed: int | None = None) -> Any:
     """Train the run a best config describes; returns the fitted :class:`lightning.Trainer`.
 
     ``overrides`` are ``--set`` keys: ``optimizer.lr=...`` changes the optim block,
     ``model.units=[64]``/``data.batch_size=16``/``trainer.max_epochs=3`` the run's arguments.
+    ``seed``: instead of the run's. Trainer arguments the file lists under ``not_recorded`` (objects
+    such as callbacks) are missing from this run: a UserWarning names them.
 
     Raises:
         ConfigError: the file has no ``run:`` block, or its source cannot be rebuilt here (a
@@ -96,9 +114,12 @@ def fit_run(path: str | Path, *, overrides: Mapping[str, Any] | None = None, log
     targets = {s: merge_nested(run.get(s) or {}, sets[s]) for s in ("model", "data")}
     trainer_kwargs = {**source.trainer_defaults(), **(run.get("trainer") or {}), **sets["trainer"],
                       **dict(trainer_overrides or {})}
+    if run.get("not_recorded"):
+        warnings.warn(f"{path}: the study's Trainer arguments {', '.join(map(str, run['not_recorded']))} were not "
+                      "recorded (objects): this run trains without them", UserWarning, stacklevel=2)
     if run.get("threads"):
         torch.set_num_threads(int(run["threads"]))
-    L.seed_everything(int(run.get("seed", 0)), workers=True, verbose=False)
+    L.seed_everything(int(run.get("seed", 0)) if seed is None else int(seed), workers=True, verbose=False)
     module, data = build_source(source, optim, targets)
     logger = TensorBoardLogger(save_dir=str(log_dir), name=source.name, default_hp_metric=False)
     kwargs = {**TRIAL_DEFAULTS, "enable_checkpointing": True, "enable_progress_bar": not quiet,
@@ -108,15 +129,37 @@ def fit_run(path: str | Path, *, overrides: Mapping[str, Any] | None = None, log
     return trainer
 
 
+def _devices(text: Any) -> Any:
+    """``--devices`` as Lightning takes it: ``2`` -> 2, ``0,1`` -> [0, 1], ``auto`` stays a string.
+
+    Example:
+        >>> _devices("2"), _devices("0,1"), _devices("auto")
+        (2, [0, 1], 'auto')
+    """
+    value = str(text).strip()
+    if value.lstrip("-").isdigit():
+        return int(value)
+    if "," in value and all(p.strip().isdigit() for p in value.split(",") if p.strip()):
+        return [int(p) for p in value.split(",") if p.strip()]
+    return value
+
+
 def cmd_fit_run(config: str, args: Any, overrides: Mapping[str, Any]) -> int:
-    """``optkit fit BEST_CONFIG.yaml``: train the run, print the validation metrics (the ``fit`` command's path)."""
-    trainer_overrides: dict[str, Any] = {}
-    if getattr(args, "max_epochs", None) is not None:
-        trainer_overrides["max_epochs"] = args.max_epochs
-    if getattr(args, "accelerator", None) is not None:
-        trainer_overrides["accelerator"] = args.accelerator
+    """``optkit fit BEST_CONFIG.yaml``: train the run, print the validation metrics (the ``fit`` command's path).
+
+    ``--seed``, ``--max-epochs``, ``--accelerator``, ``--devices`` and ``--log-every-n-steps`` (``None``:
+    not given) replace the run's own values. The ``fit`` command fills in ``--seed 0`` and ``--devices 1``
+    when they are not given (for its other paths): those values count as not given here, so the run
+    keeps its own seed and devices.
+    """
+    given = {key: getattr(args, key, None) for key in ("seed", "devices", "max_epochs", "accelerator",
+                                                       "log_every_n_steps")}
+    given = {k: v for k, v in given.items() if v is not None}  # flags the user typed
+    trainer_overrides = {k: v for k, v in given.items() if k != "seed"}
+    if "devices" in trainer_overrides:
+        trainer_overrides["devices"] = _devices(trainer_overrides["devices"])
     trainer = fit_run(config, overrides=overrides, log_dir=args.log_dir, trainer_overrides=trainer_overrides,
-                      quiet=bool(getattr(args, "quiet", False)))
+                      quiet=bool(getattr(args, "quiet", False)), seed=given.get("seed"))
     if trainer.interrupted:
         return 130
     if trainer.global_rank != 0:

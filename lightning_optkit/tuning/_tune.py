@@ -16,7 +16,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from ..config import ConfigError, OptimConfig, load_config
-from ._budget import Budget, held_trials
+from ._budget import Budget, claim_trial, process_record
 from ._dist import DistributedContext, Stop
 from ._presets import PRESETS
 from ._reeval import DEFAULT_REEVAL, DEFAULT_REEVAL_SEEDS, check_reeval, in_process, reeval_report, reevaluate
@@ -159,13 +159,12 @@ def tune(
         direction: ``minimize``/``maximize`` (default: from the metric's name), or one per metric.
         n_trials: finished (complete or pruned) trials the study should have, counted over every
             process and machine that shares it; a resumed study runs only the missing ones. With
-            ``workers`` each trial claims its place under a lock shared by all of them, so the study
-            never holds more; without, this process stops when the study is full (at most one trial
-            over per process running at the same moment). Default 20 (the example's own default,
-            e.g. 30), unless a timeout.
-        timeout: this process stops starting trials after this many seconds.
-        study_timeout: the study stops starting trials this many seconds after it was created, on
-            every process and machine that shares it (``--study-timeout``).
+            or without ``workers`` each trial claims its place under a lock shared by every process
+            (``_budget.claim_trial``), so the study never holds more. Default 20 (the example's own
+            default, e.g. 30), unless a timeout.
+        timeout: this process stops starting trials, and re-evaluation runs, after this many seconds.
+        study_timeout: the study stops starting trials (and re-evaluation runs) this many seconds after
+            it was created, on every process and machine that shares it (``--study-timeout``).
         sampler: ``tpe`` (seeded, multivariate), ``random``, ``cmaes``, ``gp``, ``qmc``, or a sampler.
         pruner: ``hyperband`` (its smallest budget is one validation interval), ``median``,
             ``successive_halving``, ``none``, or a pruner.
@@ -181,7 +180,8 @@ def tune(
             needed; ``strategy="ddp"`` with several devices runs each trial on all of them).
             Callbacks are copied for each trial.
         seed: ``L.seed_everything`` before each trial, and the sampler's seed (default 0, or the
-            LightningCLI YAML's ``seed_everything``).
+            LightningCLI YAML's ``seed_everything``). A resumed study keeps the seed it was created
+            with: another explicit ``seed`` is a ConfigError.
         out_dir: the folder for the storage and the outputs.
         tensorboard / plots / summary / progress: turn the outputs off (``progress=None``: on).
         threads: ``torch.set_num_threads`` during the study (``None``: unchanged).
@@ -266,6 +266,7 @@ def tune(
     tk = {**source.trainer_defaults(), **dict(trainer_kwargs or {})}
     _check_trainer_kwargs(tk)
     space = validate_targets(space, source, tk)  # model./data./trainer. keys against the signatures (_targets.py)
+    seed_given = seed is not None
     seed = seed if seed is not None else (source.seed() if source.seed() is not None else 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError("seed", seed, "an integer")
@@ -325,6 +326,7 @@ def tune(
             study, resumed = open_study(store, display, name, directions, sampler_obj, pruner_obj, resume=resume,
                                         attrs=attrs, first_trials=_first_trials(space, base, first_configs,
                                                                                  enqueue_base))
+        plan.seed = _study_seed(study, plan.seed, given=seed_given)
     except BaseException as exc:
         if dist.enabled and "LOCAL_RANK" in os.environ:  # torchrun started the other ranks already: release them
             dist.start()
@@ -352,6 +354,7 @@ def tune(
                                 enabled=progress if progress is not None else True)
     runner = TrialRunner(plan, dist)
     error: BaseException | None = None
+    stop_at = _stop_at(timeout, deadline)
     try:
         if remaining == 0:
             print(f"optkit tune: study {name!r} already has {finished} finished trials (n_trials={n_trials})", flush=True)
@@ -359,12 +362,11 @@ def tune(
             print(f"optkit tune: study {name!r} is past its study_timeout: no trial started", flush=True)
         else:
             with quiet_lightning(verbose):
-                study.optimize(runner, n_trials=remaining, timeout=_time_left(timeout, deadline), catch=tuple(catch),
-                               callbacks=[reporter, _StopWhenFull(n_trials, deadline)])
+                _run_claimed(study, runner, Budget(n_trials, stop_at), tuple(catch), reporter)
         reporter.close()
         with quiet_lightning(verbose):
             reevaluate(study, monitors[0], plan.seed, reeval if len(monitors) == 1 else 0, reeval_seeds,
-                       in_process(runner), progress=progress is not False)
+                       in_process(runner), progress=progress is not False, deadline=stop_at)
     except BaseException as exc:
         error = exc
         raise
@@ -379,25 +381,60 @@ def tune(
     return study
 
 
-def _time_left(timeout: float | None, deadline: float | None) -> float | None:
-    """This process's ``timeout``, cut to what is left before the study's ``deadline`` (seconds since the epoch)."""
-    if deadline is None:
-        return timeout
-    left = max(deadline - time.time(), 0.001)
-    return left if timeout is None else min(timeout, left)
+def _study_seed(study: optuna.Study, seed: int, *, given: bool) -> int:
+    """The seed of a resumed study's trials and re-evaluation runs: the one it was created with.
+
+    A ``seed`` passed explicitly that differs is a ConfigError (mixing seeds would compare re-evaluation
+    runs of different seeds); a default one (0, or the YAML's ``seed_everything``) gives way to the study's.
+    """
+    stored = (study.user_attrs.get("optkit.plan") or {}).get("seed")
+    if stored is None or int(stored) == seed:
+        return seed
+    if given:
+        raise ConfigError("seed", seed, f"the seed of study {study.study_name!r}: {stored} (a resumed study keeps "
+                          "the seed it was created with)", hint=f"omit --seed (seed=), or pass the study's: "
+                          f"--seed {stored}")
+    return int(stored)
 
 
-class _StopWhenFull:
-    """An Optuna callback: stop this process when the study holds ``n_trials`` finished-or-running trials on every
-    machine, or its deadline passed (Optuna's ``MaxTrialsCallback``, counting the trials in flight too)."""
+def _stop_at(timeout: float | None, deadline: float | None) -> float | None:
+    """When this process stops starting trials and re-evaluation runs (seconds since the epoch): ``timeout``
+    seconds from now, or the study's ``deadline`` if sooner."""
+    ends = [t for t in (None if timeout is None else time.time() + timeout, deadline) if t is not None]
+    return min(ends) if ends else None
 
-    def __init__(self, n_trials: int | None, deadline: float | None) -> None:
-        self.budget = Budget(n_trials, deadline)
 
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if self.budget.expired() or (self.budget.n_trials is not None
-                                     and sum(held_trials(study)) >= self.budget.n_trials):
-            study.stop()
+def _run_claimed(study: optuna.Study, runner: TrialRunner, budget: Budget, catch: tuple[type[Exception], ...],
+                 reporter: ProgressReporter) -> None:
+    """Run trials in this process, each claimed under the study's lock (as the launcher's workers do), until the
+    budget is full on every process that shares the study or its deadline (this process's ``timeout`` or the
+    study's ``study_timeout``) passed."""
+    from ._launcher import WORKER_KEY
+
+    # as in Study.optimize: a sampler may stop the study (GridSampler, its grid exhausted) when told a trial
+    study._stop_flag = False
+    study._thread_local.in_optimize_loop = True
+    try:
+        while not study._stop_flag:
+            trial = claim_trial(study, budget,
+                                record=lambda t: t.set_user_attr(WORKER_KEY, process_record(slot="in-process")))
+            if trial is None:
+                return
+            try:
+                value = runner(trial)
+            except optuna.TrialPruned:
+                frozen = study.tell(trial, state=TrialState.PRUNED)
+            except catch as exc:
+                optuna.logging.get_logger("optuna").warning(f"Trial {trial.number} failed with {exc!r}")
+                frozen = study.tell(trial, state=TrialState.FAIL)
+            except BaseException:
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            else:
+                frozen = study.tell(trial, value)
+            reporter(study, frozen)
+    finally:
+        study._thread_local.in_optimize_loop = False
 
 
 def _storage_file(storage: Any) -> Path | None:
@@ -530,6 +567,7 @@ def _run_launcher(study: optuna.Study, plan: TrialPlan, launch: dict[str, Any], 
                         gpu=launch["gpu"], tensorboard=tensorboard, catch=tuple(catch), verbose=verbose,
                         on_trial_end=reporter)
     error: BaseException | None = None
+    stop_at = _stop_at(timeout, deadline)
     try:
         if remaining == 0:
             print(f"optkit tune: study {name!r} already has {finished} finished trials (n_trials={n_trials})", flush=True)
@@ -537,7 +575,7 @@ def _run_launcher(study: optuna.Study, plan: TrialPlan, launch: dict[str, Any], 
         launcher.run()  # with the budget spent: only fails the trials left RUNNING by dead processes
         reporter.close()
         reevaluate(study, monitors[0], plan.seed, reeval[0] if len(monitors) == 1 else 0, reeval[1],
-                   launcher.reevaluate, progress=progress is not False)
+                   launcher.reevaluate, progress=progress is not False, deadline=stop_at)
     except BaseException as exc:
         error = exc
         raise
