@@ -40,6 +40,16 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from ._optuna_private import (
+    backend_engine,
+    backend_of,
+    beat_once,
+    heartbeat_enabled,
+    stale_ids,
+    storage_of,
+    trial_id,
+)
+
 __all__ = ["Budget", "claim_trial", "held_trials", "process_alive", "process_record", "stale_trial_numbers",
            "storage_lock"]
 
@@ -85,15 +95,15 @@ def postgres_lock(engine: Any, name: str) -> Iterator[None]:
 def _engine(storage: BaseStorage) -> Any:
     """The SQLAlchemy engine behind ``storage`` (Optuna wraps an RDBStorage in a caching layer), or None."""
     engine = getattr(storage, "engine", None)
-    if engine is None:  # optuna.storages._CachedStorage keeps the RDBStorage as `_backend`
-        engine = getattr(getattr(storage, "_backend", None), "engine", None)
+    if engine is None:  # behind Optuna's caching layer
+        engine = backend_engine(storage)
     return engine
 
 
 def _lock_file(storage: BaseStorage) -> str | None:
     if storage in _LOCK_FILES:
         return _LOCK_FILES[storage]
-    backend = getattr(storage, "_backend", None)
+    backend = backend_of(storage)
     if backend is not None and backend in _LOCK_FILES:
         return _LOCK_FILES[backend]
     engine = _engine(storage)
@@ -164,8 +174,7 @@ def claim_trial(study: optuna.Study, budget: Budget,
     an enqueued config -- is popped first), then ``record(trial)`` (who runs it) and the trial's first
     heartbeat, all before another process may count.
     """
-    storage = study._storage
-    with storage_lock(storage, f"claim:{study.study_name}"):
+    with storage_lock(storage_of(study), f"claim:{study.study_name}"):
         if budget.expired():
             return None
         if budget.n_trials is not None and sum(held_trials(study)) >= budget.n_trials:
@@ -173,10 +182,8 @@ def claim_trial(study: optuna.Study, budget: Budget,
         trial = study.ask()
         if record is not None:
             record(trial)
-        from optuna.storages._heartbeat import is_heartbeat_enabled
-
-        if is_heartbeat_enabled(storage):
-            storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+        if heartbeat_enabled(storage_of(study)):
+            beat_once(study, trial)
     return trial
 
 
@@ -212,13 +219,10 @@ def process_alive(info: dict[str, Any]) -> bool | None:
 
 def stale_trial_numbers(study: optuna.Study) -> set[int] | None:
     """Numbers of RUNNING trials whose heartbeat is older than the grace period; ``None`` without heartbeats."""
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    storage = study._storage
-    if not is_heartbeat_enabled(storage):
+    if not heartbeat_enabled(storage_of(study)):
         return None
-    ids = set(storage._get_stale_trial_ids(study._study_id))  # type: ignore[attr-defined]
-    return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t._trial_id in ids}
+    ids = stale_ids(study)
+    return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if trial_id(t) in ids}
 
 
 def describe_running(trial: FrozenTrial, worker_key: str) -> str:

@@ -49,6 +49,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..config import ConfigError
 from ._budget import FINISHED, describe_running, held_trials, process_alive, stale_trial_numbers
+from ._optuna_private import (
+    fail_stale_trials,
+    heartbeat_enabled,
+    reload_trial,
+    set_trial_failed,
+    set_trial_user_attr,
+    storage_of,
+)
 
 __all__ = ["DeviceSlot", "Launcher", "TrialProcessError", "fail_and_retry", "plan_slots"]
 
@@ -180,10 +188,9 @@ def fail_and_retry(study: optuna.Study, trial: FrozenTrial, max_retries: int, re
     Returns the attempt number of the retry, or ``None`` when none was enqueued. Safe to call for a
     trial that finished meanwhile (then it does nothing).
     """
-    storage = study._storage
     try:  # the reason first: a journal refuses (and replays the refusal of) any write to a finished trial
-        storage.set_trial_user_attr(trial._trial_id, "optkit.fail_reason", reason)
-        changed = storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        set_trial_user_attr(study, trial, "optkit.fail_reason", reason)
+        changed = set_trial_failed(study, trial)
     except optuna.exceptions.UpdateFinishedTrialError:  # it finished meanwhile
         return None
     if not changed:
@@ -451,7 +458,7 @@ class Launcher:
                 note = f"retried as attempt {retry}" if retry else "not retried (max_retries reached)"
                 print(f"optkit tune: trial {trial.number}'s process died ({how}); FAIL, {note} "
                       f"(log: {child.log})", file=sys.stderr, flush=True)
-                trial = self.study._storage.get_trial(trial._trial_id)
+                trial = reload_trial(self.study, trial)
             elif rc == EXIT_TRIAL_ERROR:
                 tail = child.log.read_text(errors="replace").strip().splitlines()[-1:] if child.log.exists() else []
                 number = trial.number if trial is not None else "?"
@@ -481,9 +488,7 @@ class Launcher:
         if now - self._last_sweep < 5.0:
             return
         self._last_sweep = now
-        from optuna.storages._heartbeat import fail_stale_trials, is_heartbeat_enabled
-
-        if is_heartbeat_enabled(self.study._storage):
+        if heartbeat_enabled(storage_of(self.study)):
             if self.n_trials is None or self._finished() < self.n_trials:  # else _settle fails them, not retried
                 fail_stale_trials(self.study)  # the storage's retry callback enqueues the retries
             return

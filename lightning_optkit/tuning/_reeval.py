@@ -41,6 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..config import ConfigError
 from ._budget import storage_lock
 from ._dist import Assignment
+from ._optuna_private import storage_of
 
 __all__ = [
     "DEFAULT_REEVAL",
@@ -327,7 +328,7 @@ def reevaluate(study: optuna.Study, monitor: str, seed: int, k: int, r: int, exe
     """
     if len(study.directions) != 1:
         return None
-    with storage_lock(study._storage, f"reeval:{study.study_name}", own_file=True):
+    with storage_lock(storage_of(study), f"reeval:{study.study_name}", own_file=True):
         seeds = reeval_seeds(seed, r) if k else []
         rec = _record(study)
         if rec and (rec.get("k") != k or rec.get("seeds") != seeds):  # what best_by_reeval() reads: these settings

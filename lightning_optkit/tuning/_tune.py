@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from ..config import ConfigError, OptimConfig, load_config
 from ._budget import Budget, claim_trial, process_record
 from ._dist import DistributedContext, Stop
+from ._optuna_private import optimize_loop, stop_requested
 from ._presets import PRESETS
 from ._reeval import DEFAULT_REEVAL, DEFAULT_REEVAL_SEEDS, check_reeval, in_process, reeval_report, reevaluate
 from ._reports import ProgressReporter, format_summary, write_best_config, write_plots, write_trials_csv
@@ -412,10 +413,8 @@ def _run_claimed(study: optuna.Study, runner: TrialRunner, budget: Budget, catch
     from ._launcher import WORKER_KEY
 
     # as in Study.optimize: a sampler may stop the study (GridSampler, its grid exhausted) when told a trial
-    study._stop_flag = False
-    study._thread_local.in_optimize_loop = True
-    try:
-        while not study._stop_flag:
+    with optimize_loop(study):
+        while not stop_requested(study):
             trial = claim_trial(study, budget,
                                 record=lambda t: t.set_user_attr(WORKER_KEY, process_record(slot="in-process")))
             if trial is None:
@@ -433,8 +432,6 @@ def _run_claimed(study: optuna.Study, runner: TrialRunner, budget: Budget, catch
             else:
                 frozen = study.tell(trial, value)
             reporter(study, frozen)
-    finally:
-        study._thread_local.in_optimize_loop = False
 
 
 def _storage_file(storage: Any) -> Path | None:

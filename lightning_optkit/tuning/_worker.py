@@ -112,13 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             dist.broadcast(Stop(study_name=args.study))
 
-    from optuna.storages._heartbeat import fail_stale_trials, is_heartbeat_enabled
+    from ._optuna_private import fail_stale_trials, heartbeat_enabled, set_trial_user_attr, storage_of
 
-    if is_heartbeat_enabled(study._storage):
+    if heartbeat_enabled(storage_of(study)):
         fail_stale_trials(study)
 
     def record(trial: optuna.trial.Trial) -> None:  # who runs the trial: its liveness record (see _budget.py)
-        study._storage.set_trial_user_attr(trial._trial_id, WORKER_KEY, process_record(
+        set_trial_user_attr(study, trial, WORKER_KEY, process_record(
             token=os.environ.get("OPTKIT_TOKEN"), slot=args.slot, devices=os.environ.get("CUDA_VISIBLE_DEVICES")))
 
     try:
@@ -154,14 +154,14 @@ def _reevaluate(study: Any, runner: Any, args: argparse.Namespace) -> int:
 def _run(study: Any, trial: Any, runner: Any, catch: Sequence[str]) -> int:
     """Train the claimed trial (beating while it trains) and tell its result; returns the exit code."""
     import optuna
-    from optuna.storages._heartbeat import get_heartbeat_thread
 
     from ._launcher import EXIT_TRIAL_ERROR
+    from ._optuna_private import heartbeat_thread
 
     code = 0
     try:
         try:
-            with get_heartbeat_thread(trial._trial_id, study._storage):
+            with heartbeat_thread(study, trial):
                 value = runner(trial)
         except optuna.TrialPruned:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
