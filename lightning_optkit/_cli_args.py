@@ -148,6 +148,21 @@ def instantiate_objects(value: Any, flag: str, _where: str = "") -> Any:
         raise ConfigError(f"{key}.init_args", init, f"arguments {path} accepts ({exc})") from None
 
 
+def signature_defaults(cls: Any) -> dict[str, Any]:
+    """The keyword defaults of ``cls.__init__`` (``{}`` when ``cls`` is not a class).
+
+    Example:
+        >>> class Net:
+        ...     def __init__(self, width: int, depth: int = 2) -> None: ...
+        >>> signature_defaults(Net), signature_defaults(None)
+        ({'depth': 2}, {})
+    """
+    if not inspect.isclass(cls):
+        return {}
+    return {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
 def import_object(path: str, label: str) -> Any:
     """``pkg.mod.name`` or ``pkg.mod:name`` -> the object (the current folder importable, as with ``python -m``).
 

@@ -109,14 +109,6 @@ def _load_object(path: str, label: str) -> Any:
     return import_object(path, label)
 
 
-def _trainer_signature_defaults(trainer_class: Any) -> dict[str, Any]:
-    cls = trainer_class if inspect.isclass(trainer_class) else None
-    if cls is None:
-        return {}
-    return {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items()
-            if p.default is not inspect.Parameter.empty}
-
-
 def _reason(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for i, ln in enumerate(lines):
@@ -313,7 +305,9 @@ class LightningCLIConfig:
                               f"a class whose arguments match its signature ({_reason(str(exc))})") from None
         trainer_ns = init.get("trainer")
         values = {k: trainer_ns[k] for k in (trainer_ns.keys() if trainer_ns is not None else [])}
-        defaults = _trainer_signature_defaults(getattr(self.cli, "trainer_class", None))
+        from ._cli_args import signature_defaults
+
+        defaults = signature_defaults(getattr(self.cli, "trainer_class", None))
         callbacks = values.pop("callbacks", None) or []
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         callbacks += [init.get(k) for k in getattr(self.parser, "callback_keys", [])]

@@ -25,6 +25,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from .._cli_args import signature_defaults
 from ..config import ConfigError, did_you_mean
 from ._sources import ClassSource, ExampleSource, FactorySource, LightningCLISource, ModelSource
 from ._space import Param, SearchSpace, target_section
@@ -115,11 +116,8 @@ def target_defaults(source: ModelSource, trainer_kwargs: Mapping[str, Any]) -> d
     args = _source_args(source)
     out: dict[str, dict[str, Any]] = {}
     for section in ("model", "data", "trainer"):
-        defaults = {}
-        if classes[section] is not None:
-            for name, param in inspect.signature(classes[section].__init__).parameters.items():
-                if param.default is not inspect.Parameter.empty and name != "optim":
-                    defaults[name] = list(param.default) if isinstance(param.default, tuple) else param.default
+        defaults = {name: list(value) if isinstance(value, tuple) else value
+                    for name, value in signature_defaults(classes[section]).items() if name != "optim"}
         given = dict(trainer_kwargs) if section == "trainer" else args.get(section, {})
         out[section] = {**defaults, **given}
     return out
