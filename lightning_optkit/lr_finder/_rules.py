@@ -155,6 +155,11 @@ def _log_lr(curve: Curve) -> np.ndarray:
     return np.log10(curve.lrs)
 
 
+def _step_noise(diffs: np.ndarray) -> float:
+    """The per-step noise behind step-to-step differences: their median absolute deviation, as a std / sqrt(2)."""
+    return float(1.4826 * np.median(np.abs(diffs - np.median(diffs))) / math.sqrt(2))
+
+
 def noise_level(curve: Curve) -> float:
     """Step-to-step noise of the raw loss before the minimum (median absolute deviation of its differences)."""
     start, _end = curve.window()
@@ -164,7 +169,7 @@ def noise_level(curve: Curve) -> float:
     diffs = np.diff(curve.losses[start: imin + 1])
     if len(diffs) < 3:
         return 0.0
-    return float(1.4826 * np.median(np.abs(diffs - np.median(diffs))) / math.sqrt(2))
+    return _step_noise(diffs)
 
 
 def steepest(curve: Curve, z: float = 2.0) -> float | None:
@@ -368,23 +373,24 @@ def _signal(curve: Curve) -> tuple[float, float]:
     return float(curve.smoothed[start] - curve.smoothed[imin]), noise_level(curve)
 
 
-def diverged_at_once(curve: Curve, rise: float = RISE) -> bool:
+def diverged_at_once(curve: Curve, rise: float = RISE, cut: int | None = -1) -> bool:
     """True when the loss rose before it ever descended: the test stopped for divergence within its
     first 10 steps (or its first tenth), or the minimum of the (fast) curve lies in the first tenth
-    and the loss then rose well above where it started."""
+    and the loss then rose well above where it started. ``cut``: :func:`divergence_index` when the
+    caller has it already (``-1``: compute it)."""
     n = len(curve.lrs)
     head = max(n // 10, 3)
     if curve.stop <= head or (curve.stop < n and curve.stop < 10):  # stopped for divergence within 10 steps
         return True
     fast = np.asarray(smooth(curve.losses[: curve.stop], FAST_BETA), dtype=float)
     imin = int(np.argmin(fast))
-    cut = divergence_index(curve, rise)
+    cut = divergence_index(curve, rise) if cut == -1 else cut
     if imin >= head or cut is None or cut > max(2 * head, imin + 3):
         return False
     # a real rise above where the sweep started, not the wiggle of a flat curve whose lowest point comes early
     raw = curve.losses[: curve.stop]
     diffs = np.diff(raw)
-    noise = float(1.4826 * np.median(np.abs(diffs - np.median(diffs))) / math.sqrt(2)) if len(diffs) else 0.0
+    noise = _step_noise(diffs) if len(diffs) else 0.0
     return float(np.max(fast[head:]) - np.median(raw[:head])) > 5.0 * noise
 
 
@@ -401,7 +407,7 @@ def assess(curve: Curve, suggestion: float | None, margin: float = MARGIN, rise:
     cut = divergence_index(curve, rise)
     div_lr = None if cut is None else float(curve.lrs[min(cut, len(curve.lrs) - 1)])
     margin_lr = None if div_lr is None else div_lr / margin
-    if diverged_at_once(curve, rise):
+    if diverged_at_once(curve, rise, cut):
         return Assessment("diverged_at_once", None, 0.0, div_lr, margin_lr,
                           "the loss rose from the first steps: lower min_lr (100x), check the loss and the data "
                           "(a bug, unnormalised inputs), or use a larger batch")
