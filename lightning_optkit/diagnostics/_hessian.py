@@ -13,9 +13,10 @@ Python, NumPy and torch RNG states are restored bit for bit afterwards (see :mod
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,6 +188,26 @@ def _unflatten(vec: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Te
     return out
 
 
+@contextlib.contextmanager
+def probing(model: nn.Module, data: Any, loss_fn: Any, params: Any, forward: Any, max_batches: int | None,
+            train_mode: bool, *, grad: bool, preconditioner: Any = None) -> Iterator[tuple[LossProbe, dict[int, Any]]]:
+    """A :class:`LossProbe` on fixed batches, with the model's state put back afterwards (:func:`preserved`).
+
+    Yields the probe and the parameters' saved originals by ``id``. ``grad``: Hessian-vector products
+    need autograd (also inside an inference-mode caller); loss-only probes run under ``no_grad``.
+    """
+    with contextlib.ExitStack() as stack:
+        snap = stack.enter_context(preserved(model))
+        if grad:
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(torch.enable_grad())
+        else:
+            stack.enter_context(torch.no_grad())
+        model.train(train_mode)
+        probe = LossProbe(model, fixed_batches(data, max_batches), loss_fn, params, forward, preconditioner)
+        yield probe, {id(p): saved for p, saved, _ in snap.params}
+
+
 def fixed_batches(data: Any, max_batches: int | None = None) -> list[Any]:
     """The batches to probe: one batch ``(x, y, ...)``, a list of batches, or the first ``max_batches`` of a loader."""
     if isinstance(data, (tuple, list)) and data and isinstance(data[0], torch.Tensor):
@@ -316,9 +337,8 @@ def hessian_eigenvalues(
     method = check_choice("hessian_eigenvalues", "method", method, ("lanczos", "power"))
     tol = float(check_number("hessian_eigenvalues", "tol", tol, 0.0, 1.0) or 1e-3)
     t0 = time.perf_counter()
-    with preserved(model), torch.inference_mode(False), torch.enable_grad():
-        model.train(train_mode)
-        probe = LossProbe(model, fixed_batches(data, max_batches), loss_fn, params, forward, preconditioner)
+    with probing(model, data, loss_fn, params, forward, max_batches, train_mode, grad=True,
+                 preconditioner=preconditioner) as (probe, _):
         if k > probe.num_params:
             raise ConfigError("hessian_eigenvalues.k", k, f"at most the number of parameters ({probe.num_params})")
         run = _lanczos if method == "lanczos" else _power
@@ -351,9 +371,7 @@ def hessian_trace(
 
     samples = int(check_int("hessian_trace", "samples", samples) or 1)
     t0 = time.perf_counter()
-    with preserved(model), torch.inference_mode(False), torch.enable_grad():
-        model.train(train_mode)
-        probe = LossProbe(model, fixed_batches(data, max_batches), loss_fn, params, forward)
+    with probing(model, data, loss_fn, params, forward, max_batches, train_mode, grad=True) as (probe, _):
         gen = torch.Generator().manual_seed(seed)
         like = probe.params[0]
         estimates = []

@@ -25,8 +25,7 @@ from torch import nn
 
 from .._io import atomic_write_figure
 from ..config import ConfigError
-from ._hessian import Forward, LossFn, LossProbe, fixed_batches
-from ._state import preserved
+from ._hessian import Forward, LossFn, probing
 
 __all__ = ["LossLandscape", "filter_normalized_direction", "loss_landscape"]
 
@@ -146,10 +145,7 @@ def loss_landscape(
     alphas, betas = _grid(dims, steps, span)
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
-    with preserved(model) as snap, torch.no_grad():
-        model.train(train_mode)
-        probe = LossProbe(model, fixed_batches(data, max_batches), loss_fn, params, forward)
-        originals = {id(p): saved for p, saved, _ in snap.params}
+    with probing(model, data, loss_fn, params, forward, max_batches, train_mode, grad=False) as (probe, originals):
         base = [originals[id(p)] for p in probe.params]
         directions = [filter_normalized_direction(base, gen, include_1d) for _ in range(dims)]
         base_loss = probe.loss()

@@ -17,8 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._hessian import Forward, LossFn, LossProbe, fixed_batches
-from ._state import preserved
+from ._hessian import Forward, LossFn, probing
 
 __all__ = ["PerturbationResult", "perturbation_sharpness"]
 
@@ -76,10 +75,7 @@ def perturbation_sharpness(
     samples = int(check_int("perturbation_sharpness", "samples", samples, minimum=2) or 2)
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
-    with preserved(model) as snap, torch.no_grad():
-        model.train(train_mode)
-        probe = LossProbe(model, fixed_batches(data, max_batches), loss_fn, params, forward)
-        originals = {id(p): saved for p, saved, _ in snap.params}
+    with probing(model, data, loss_fn, params, forward, max_batches, train_mode, grad=False) as (probe, originals):
         base = probe.loss()
         losses = []
         for _ in range(samples):
