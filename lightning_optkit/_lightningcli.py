@@ -104,7 +104,7 @@ def _project_cli(make: Callable[[], Any], label: str, value: Any) -> Any:
 
 
 def _load_object(path: str, label: str) -> Any:
-    from ._cli_args import import_object
+    from ._internal.imports import import_object
 
     return import_object(path, label)
 
@@ -305,7 +305,7 @@ class LightningCLIConfig:
                               f"a class whose arguments match its signature ({_reason(str(exc))})") from None
         trainer_ns = init.get("trainer")
         values = {k: trainer_ns[k] for k in (trainer_ns.keys() if trainer_ns is not None else [])}
-        from ._cli_args import signature_defaults
+        from ._internal.imports import signature_defaults
 
         defaults = signature_defaults(getattr(self.cli, "trainer_class", None))
         callbacks = values.pop("callbacks", None) or []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,23 +10,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from ._internal.training import optimizer_steps
 from .config import ConfigError, OptimConfig, TrainingLength, load_config
-from .optim import build_param_groups, format_groups, resolve_optimizer
-from .optim._groups import GroupPlan
-from .optim._registry import OptimInfo
+from .optim import GroupPlan, OptimInfo, build_param_groups, format_groups, resolve_optimizer
 from .schedules import build_scheduler
 
 __all__ = ["OptimMixin", "build_optimizers", "settle_pending_plateau_steps", "training_length"]
-
-
-def _accumulation(trainer: Any) -> Any:
-    from lightning.pytorch.callbacks import GradientAccumulationScheduler
-
-    for cb in getattr(trainer, "callbacks", []):
-        if isinstance(cb, GradientAccumulationScheduler):
-            return cb.get_accumulate_grad_batches
-    fixed = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
-    return lambda epoch: fixed
 
 
 def training_length(trainer: Any) -> TrainingLength:
@@ -37,43 +25,15 @@ def training_length(trainer: Any) -> TrainingLength:
     on the last, partial accumulation of an epoch), with the accumulation of each epoch taken from a
     ``GradientAccumulationScheduler`` when there is one (Lightning's
     ``estimated_stepping_batches`` uses the first epoch's value for all), capped by ``max_steps``.
-    Under DDP the batches are per rank, as the optimizer steps are.
+    Under DDP the batches are per rank, as the optimizer steps are. The count itself is
+    :func:`lightning_optkit._internal.training.optimizer_steps`, shared with the doctor and the finder.
 
     Raises:
         ConfigError: when the length cannot be known (infinite loader without ``max_steps``,
             ``max_time`` only), naming the trainer argument to set.
     """
-    if trainer.train_dataloader is None:
-        trainer.fit_loop.setup_data()
-    batches = trainer.num_training_batches
-    max_steps = int(trainer.max_steps if trainer.max_steps is not None else -1)
-    max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
-    if batches == 0:
-        raise ConfigError("trainer.limit_train_batches", getattr(trainer, "limit_train_batches", 0),
-                          "a training loader with at least one batch")
-    if batches == float("inf") or not math.isfinite(batches):
-        if max_steps > 0:
-            return TrainingLength(max_steps, ())
-        raise ConfigError("trainer.max_steps", max_steps,
-                          "a positive max_steps: the training loader has no length, so a schedule cannot know it",
-                          hint="Trainer(max_steps=...) or give the loader a __len__")
-    if max_epochs in (-1, None) and max_steps <= 0:
-        raise ConfigError("trainer.max_epochs", max_epochs,
-                          "max_epochs or max_steps: training with max_time only has no length a schedule can use",
-                          hint="set Trainer(max_steps=...) or Trainer(max_epochs=...)")
-    acc = _accumulation(trainer)
-    per: list[int] = []
-    total, epoch = 0, 0
-    while max_epochs == -1 or epoch < max_epochs:
-        steps = math.ceil(batches / max(int(acc(epoch)), 1))
-        if max_steps > 0 and total + steps >= max_steps:
-            per.append(max_steps - total)
-            total = max_steps
-            break
-        per.append(steps)
-        total += steps
-        epoch += 1
-    return TrainingLength(total, tuple(per))
+    total, per_epoch = optimizer_steps(trainer)
+    return TrainingLength(total, per_epoch)
 
 
 def _use_fused(info: OptimInfo, kwargs: dict[str, Any], plans: list[GroupPlan]) -> None:

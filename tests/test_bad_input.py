@@ -28,6 +28,7 @@ from torch import nn
 
 from lightning_optkit import ConfigError, OptimMixin, build_optimizers, load_config
 from lightning_optkit.config import OptimBlock, OptimConfig, ParamGroupRule, SchedulerConfig, TrainingLength
+from lightning_optkit.losses import available_losses, get_loss_info
 from lightning_optkit.optim import registry, resolve_optimizer
 from lightning_optkit.schedules import SCHEDULES, lookup
 
@@ -372,6 +373,7 @@ def m_min_lr_above_lr(draw: st.DrawFn, cfg: dict[str, Any]) -> Mutation:
 
 
 KNOWN_OPTIMIZERS = set(registry())
+KNOWN_LOSSES = {a for n in available_losses() for a in (n, *get_loss_info(n).aliases)}
 SCHEDULE_NAMES = sorted({a for info in SCHEDULES.values() for a in (info.name, *info.aliases)})
 
 
@@ -387,8 +389,8 @@ def m_unknown_name(draw: st.DrawFn, cfg: dict[str, Any]) -> Mutation:
         known = set(SCHEDULE_NAMES)
         source = [k for k in SCHEDULE_NAMES if len(k) >= 5]
     else:
-        known, source = {"mse", "cross_entropy", "l1", "nll", "bce", "ctc", "dice", "focal", "huber"}, [
-            "cross_entropy", "smooth_l1", "huber", "focal", "kl_div"]
+        known = KNOWN_LOSSES  # every registered name: a "misspelling" of smooth_l1 may be l1 itself
+        source = ["cross_entropy", "smooth_l1", "huber", "focal", "kl_div"]
     if misspelt:
         squashed = {k.replace("-", "").replace("_", "") for k in known}  # names are matched loosely
         name = draw(misspelling(draw(st.sampled_from(source))).filter(

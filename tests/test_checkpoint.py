@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optkit import ConfigError, OptimMixin
-from lightning_optkit._io import atomic_write, is_tmp_name, sha256_file, tmp_path_for
+from lightning_optkit._internal.io import atomic_write, is_tmp_name, sha256_file, tmp_path_for
 from lightning_optkit.callbacks import Checkpoint, EarlyStopping
 from lightning_optkit.callbacks._ckpt_store import MANIFEST, read_manifest
 

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import torch
 
-from lightning_optkit._io import is_tmp_name, sha256_file
+from lightning_optkit._internal.io import is_tmp_name, sha256_file
 from lightning_optkit.callbacks import Checkpoint
 from lightning_optkit.callbacks._ckpt_store import read_manifest
 

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optkit import ConfigError
-from lightning_optkit._rng import collect_rng_state as rng_states
+from lightning_optkit._internal.rng import collect_rng_state as rng_states
 from lightning_optkit.diagnostics import LabelIssueFinder, find_label_issues, label_issues_from_probs
 from lightning_optkit.diagnostics._cross_fit import stratified_folds
 from lightning_optkit.diagnostics._label_issues import confident_joint

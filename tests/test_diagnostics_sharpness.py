@@ -11,9 +11,8 @@ from torch import nn
 from torch.func import functional_call
 
 from lightning_optkit import ConfigError
-from lightning_optkit._rng import collect_rng_state as rng_states
-from lightning_optkit.diagnostics import hessian_eigenvalues, hessian_trace
-from lightning_optkit.diagnostics._perturb import perturbation_sharpness
+from lightning_optkit._internal.rng import collect_rng_state as rng_states
+from lightning_optkit.diagnostics import hessian_eigenvalues, hessian_trace, perturbation_sharpness
 
 
 def _tiny_problem(seed: int = 0) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:

@@ -18,8 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from lightning_optkit import ConfigError
-from lightning_optkit.callbacks import TrainingDoctor
-from lightning_optkit.callbacks._doctor import CODES, DEFAULT_THRESHOLDS
+from lightning_optkit.callbacks import CODES, DEFAULT_THRESHOLDS, TrainingDoctor
 
 
 def _suite() -> Any:
@@ -243,3 +242,34 @@ def test_doctor_with_frozen_and_unused_layers_reports_only_trainable(tmp_path: P
               enable_progress_bar=False, enable_model_summary=False,
               default_root_dir=str(tmp_path)).fit(model, SUITE.loader(SUITE.blobs()))
     assert set(doctor.ever_grad) == {"net.2.weight", "net.2.bias"} and doctor.codes == []
+
+
+def test_planned_steps_follow_a_gradient_accumulation_schedule(tmp_path: Path) -> None:
+    """The doctor's planned length counts each epoch with its own accumulation (8 + 2 + 2 optimizer steps),
+    the count the mixin uses, not Lightning's ``estimated_stepping_batches`` (first epoch's value for all: 24)."""
+    from lightning.pytorch.callbacks import GradientAccumulationScheduler
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Net(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(4, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return nn.functional.mse_loss(self.layer(x), y)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    torch.manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(32, 4), torch.randn(32, 1)), batch_size=4)
+    doctor = TrainingDoctor()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, default_root_dir=str(tmp_path),
+                        callbacks=[doctor, GradientAccumulationScheduler({0: 1, 1: 4})], enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Net(), data)
+    assert trainer.global_step == 12
+    assert (doctor.planned_steps, doctor.planned_epochs) == (12, 3)
+    report = json.loads((tmp_path / doctor.filename).read_text())
+    assert report["planned_steps"] == 12

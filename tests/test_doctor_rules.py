@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_optkit.callbacks import CODES, Diagnosis, TrainingDoctor
-from lightning_optkit.callbacks._doctor_codes import DEFAULT_THRESHOLDS
+from lightning_optkit.callbacks import CODES, DEFAULT_THRESHOLDS, Diagnosis, TrainingDoctor
 from lightning_optkit.callbacks._doctor_recorder import Series
 from lightning_optkit.callbacks._doctor_rules import (
     nonfinite,

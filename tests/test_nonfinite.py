@@ -406,3 +406,30 @@ def test_fp16_gradscaler_no_double_counting(tmp_path: Path) -> None:
     assert [(e.step, e.kinds) for e in guard.events] == [(5, ["nonfinite_loss"])]
     assert guard.skipped_steps == 0 and scaler.get_scale() == 2.0**15 and t.global_step == 12
     assert finite(model)
+
+
+def test_reduce_lr_scales_a_torch_schedule_floor(tmp_path: Path) -> None:
+    """The guard's LR reduction is the finder's LR scaling: a torch ``CosineAnnealingLR``'s floor
+    (``eta_min``) is scaled too, so the whole schedule runs at half its LRs after the event."""
+
+    class CosineNet(Net):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=30, eta_min=0.02)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    class LRs(Callback):
+        def __init__(self) -> None:
+            self.lrs: list[float] = []
+
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            self.lrs.append(optimizer.param_groups[0]["lr"])
+
+    clean, hit = LRs(), LRs()
+    fit(tmp_path, NonFiniteGuard("reduce_lr"), clean, model=CosineNet())
+    guard = NonFiniteGuard("reduce_lr")
+    fit(tmp_path, guard, NanBatch(10), hit, model=CosineNet())
+    assert [e.actions for e in guard.events] == [["skip", "reduce_lr"]]
+    assert len(hit.lrs) == len(clean.lrs) == 30
+    for step in range(11, 30):
+        assert hit.lrs[step] == pytest.approx(clean.lrs[step] * 0.5, rel=1e-9), step

@@ -8,7 +8,7 @@ what it needs) loads only when it is asked for. ``LRFinder`` lives with the rang
 
 from __future__ import annotations
 
-from .._lazy import lazy_exports
+from .._internal.lazy import lazy_exports
 
 _MODULES = {
     "GradNormMonitor": "._grad_norm",

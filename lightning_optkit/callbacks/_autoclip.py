@@ -12,9 +12,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from .._internal.checks import check_choice, check_int, check_number
+from .._internal.optimizers import unwrap_optimizer
+from .._internal.trainer import due, log_metrics, log_step
 from ..config import ConfigError
-from ._grad_stats import GradStats, grad_stats, unwrap_optimizer
-from ._health_utils import check_choice, check_int, check_number, due, log_metrics, log_step
+from ._grad_stats import GradStats, grad_stats
 
 __all__ = ["AutoClip"]
 

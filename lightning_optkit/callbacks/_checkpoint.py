@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint as _LightningCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from .._internal.ranks import mean_over_ranks
 from ..config import ConfigError
 from ._ckpt_args import EXT as _EXT
 from ._ckpt_args import check_arguments
@@ -41,7 +42,6 @@ from ._ckpt_store import (
     verify,
 )
 from ._ckpt_triggers import epoch_save_at_train_end, optimizer_stepped, validation_follows
-from ._reduce import mean_over_ranks
 
 __all__ = ["Checkpoint"]
 
@@ -258,7 +258,7 @@ class Checkpoint(ResumeHooks, _LightningCheckpoint):
                                   hint="give each Checkpoint its own dirpath, e.g. .../best and .../periodic")
         self.dirpath = dirpath
         if trainer.is_global_zero:
-            from .._io import remove_stale_tmp
+            from .._internal.io import remove_stale_tmp
 
             dirpath.mkdir(parents=True, exist_ok=True)
             remove_stale_tmp(dirpath)

@@ -20,55 +20,19 @@ them; otherwise by loading and dropping them), then restores the states of the s
 from __future__ import annotations
 
 import contextlib
-import random
 import warnings
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-__all__ = ["ResumeHooks", "capture_rng", "fast_forward", "restore_rng", "stateful_loaders"]
+from .._internal.rng import collect_rng_state, restore_rng_state
+
+__all__ = ["ResumeHooks", "fast_forward", "stateful_loaders"]
 
 # Lightning warns that a mid-epoch resume of a plain DataLoader is unreliable; with the fast-forward
 # below it is exact, so the warning is silenced between on_train_start and the first batch of a resume.
 _LIGHTNING_RESUME_WARNING = r"You're resuming from a checkpoint that ended before the epoch ended"
-
-
-def capture_rng() -> dict[str, Any]:
-    """The global random states (torch CPU and CUDA, numpy, python), as weights_only-loadable values."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _python_state()}
-    try:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
-        state["numpy"] = {"kind": str(kind), "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
-                          "has_gauss": int(has_gauss), "cached": float(cached)}
-    except ImportError:  # pragma: no cover - numpy ships with torch wheels
-        pass
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _python_state() -> list[Any]:
-    version, internal, gauss = random.getstate()
-    return [int(version), list(internal), gauss]
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Set the global random states from :func:`capture_rng`'s result."""
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    numpy_state = state.get("numpy")
-    if numpy_state is not None:
-        import numpy as np
-
-        np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                             numpy_state["has_gauss"], numpy_state["cached"]))
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
 
 
 def stateful_loaders(combined_loader: Any) -> bool:
@@ -173,9 +137,9 @@ class ResumeHooks:
         if pending:  # resumed at an epoch boundary: continue from the random states of the save
             state = self._rank_state(trainer, pending, "save")
             if self.restore_rng and state is not None:
-                restore_rng(state)
+                restore_rng_state(state)
         if self.restore_rng:
-            self._rng_epoch = capture_rng()
+            self._rng_epoch = collect_rng_state(portable=True)
             self._rng_epoch_index = trainer.current_epoch
             fit_loop = trainer.fit_loop
             lightning_iterates = (trainer.current_epoch > 0 and not fit_loop.is_resuming
@@ -211,17 +175,17 @@ class ResumeHooks:
         if done == 0:
             # a new epoch that Lightning started without on_train_epoch_start (restart after the last batch)
             if save_state is not None:
-                restore_rng(save_state)
+                restore_rng_state(save_state)
                 self._rng_epoch, self._rng_epoch_index = save_state, trainer.current_epoch
                 iter(combined)
             return
         if stateful_loaders(combined):
             if save_state is not None:
-                restore_rng(save_state)
+                restore_rng_state(save_state)
             return
         epoch_state = self._rank_state(trainer, pending, "epoch") if save_state is not None else None
         if epoch_state is not None and pending["rng"].get("epoch_index") == trainer.current_epoch:
-            restore_rng(epoch_state)
+            restore_rng_state(epoch_state)
             self._rng_epoch, self._rng_epoch_index = epoch_state, trainer.current_epoch
             iter(combined)  # the same seeds and sampler permutation as when the epoch began
         try:
@@ -231,7 +195,7 @@ class ResumeHooks:
                            "training loader is shorter than when the checkpoint was written.")
             return
         if save_state is not None:
-            restore_rng(save_state)
+            restore_rng_state(save_state)
         rank_zero_info(f"Checkpoint: resumed in epoch {trainer.current_epoch} after batch {done}; skipped the "
                        f"{done} batches already trained on ({'by sampler index' if how == 'indices' else 'by loading them'}).")
 
@@ -251,7 +215,7 @@ class ResumeHooks:
 
     # -- random states written into each checkpoint ---------------------------------------------------
     def _gather_rng(self, trainer: Any) -> dict[str, Any]:
-        local = [capture_rng(), self._rng_epoch]
+        local = [collect_rng_state(portable=True), self._rng_epoch]
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * trainer.world_size
             torch.distributed.all_gather_object(gathered, local)
@@ -264,6 +228,6 @@ class ResumeHooks:
 
     def _local_rng(self) -> dict[str, Any]:
         """This rank's states only: for a save that is not ours (``trainer.save_checkpoint``, an emergency)."""
-        return {"world_size": 1, "save": [capture_rng()],
+        return {"world_size": 1, "save": [collect_rng_state(portable=True)],
                 "epoch": [self._rng_epoch] if self._rng_epoch is not None else None,
                 "epoch_index": self._rng_epoch_index}

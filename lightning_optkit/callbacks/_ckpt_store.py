@@ -5,7 +5,7 @@ manifest. The manifest lists every checkpoint with its sha256, epoch, step, metr
 the resolved optim config, and is itself replaced atomically after each write. The order of
 operations makes every crash safe:
 
-1. the new file is written to a temporary name, fsynced and renamed (:mod:`lightning_optkit._io`);
+1. the new file is written to a temporary name, fsynced and renamed (:mod:`lightning_optkit._internal.io`);
 2. ``last.ckpt`` is re-pointed at it (a hard link, renamed into place);
 3. the manifest is replaced;
 4. files that left the top-k are deleted.
@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_link_or_copy, atomic_torch_save, atomic_write_json, is_tmp_name, sha256_file
+from .._internal.io import atomic_link_or_copy, atomic_torch_save, atomic_write_json, is_tmp_name, sha256_file
 
 __all__ = [
     "MANIFEST",

@@ -20,14 +20,18 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
+from .._internal.checks import check_int
+from .._internal.io import atomic_write_json
+from .._internal.optimizers import optimizer_params, unwrap_optimizer
+from .._internal.trainer import resolve_log_dir
+from .._internal.training import optimizer_steps
 from ..config import ConfigError, did_you_mean
 from . import _doctor_report as report
 from . import _doctor_rules as rules
 from ._doctor_codes import CODES, DEFAULT_THRESHOLDS, LOSS_CAPACITY_THRESHOLDS, Diagnosis, Finding
 from ._doctor_recorder import Series, StepRecorder, read_lr
 from ._doctor_schedule import ScheduleFacts, describe_schedule, schedule_facts
-from ._grad_stats import Grouping, grad_stats, optimizer_params, unwrap_optimizer
-from ._health_utils import check_int, resolve_log_dir, write_json_atomic
+from ._grad_stats import Grouping, grad_stats
 from ._verdicts import Capacity, Convergence, convergence_state, sharpness_monitors
 
 __all__ = ["CODES", "DEFAULT_THRESHOLDS", "LOSS_CAPACITY_THRESHOLDS", "Diagnosis", "TrainingDoctor"]
@@ -220,17 +224,11 @@ class TrainingDoctor(Callback):
             self._log_dir = resolve_log_dir(trainer)  # every rank: it broadcasts
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        planned = _planned_length(trainer)  # every rank: it may set up the training data, a collective under DDP
         self._active = bool(trainer.is_global_zero)
         if not self._active:
             return
-        planned = getattr(trainer, "estimated_stepping_batches", None)
-        self.planned_steps = int(planned) if isinstance(planned, (int, float)) and math.isfinite(planned) else None
-        epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
-        if self.planned_steps and trainer.num_training_batches not in (0, float("inf")):
-            per_epoch = max(1, math.ceil(trainer.num_training_batches / max(1, trainer.accumulate_grad_batches)))
-            by_steps = math.ceil(self.planned_steps / per_epoch)
-            epochs = by_steps if epochs is None else min(epochs, by_steps)
-        self.planned_epochs = epochs
+        self.planned_steps, self.planned_epochs = planned
         in_first = {id(p) for p in optimizer_params(trainer.optimizers[0])} if trainer.optimizers else set()
         for name, p in pl_module.named_parameters():
             if p.requires_grad and id(p) in in_first:
@@ -419,7 +417,7 @@ class TrainingDoctor(Callback):
     def _write(self, trainer: Any) -> None:
         if not self.filename or self._log_dir is None:
             return
-        write_json_atomic(os.path.join(self._log_dir, self.filename), report.report_json(
+        atomic_write_json(os.path.join(self._log_dir, self.filename), strict=True, obj=report.report_json(
             self.diagnoses, self.optimizer_steps, self.planned_steps, self.capacity, self.convergence))
 
     def __repr__(self) -> str:
@@ -427,6 +425,21 @@ class TrainingDoctor(Callback):
 
 
 # -- argument checks -------------------------------------------------------------------------------------
+def _planned_length(trainer: Any) -> tuple[int | None, int | None]:
+    """``(optimizer steps, epochs)`` the run is planned for, from the count the mixin and the finder use
+    (each epoch with its own gradient accumulation); ``None`` where the length is unknown.
+
+    Counting may set up the training loaders (as the mixin's ``configure_optimizers`` does), whose
+    length check is a collective under DDP: call it on every rank.
+    """
+    epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+    try:
+        total, per_epoch = optimizer_steps(trainer)
+    except ConfigError:  # no length (max_time only, an endless loader without max_steps)
+        return None, epochs
+    return total, (len(per_epoch) if per_epoch else epochs)
+
+
 def _check_thresholds(thresholds: Mapping[str, Any]) -> dict[str, float]:
     """:data:`DEFAULT_THRESHOLDS` with ``thresholds`` (known keys, positive numbers) applied."""
     out = dict(DEFAULT_THRESHOLDS)

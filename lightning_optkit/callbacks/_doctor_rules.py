@@ -14,10 +14,10 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from .._internal.text import fmt
 from ._doctor_codes import LOSS_CAPACITY_THRESHOLDS, Diagnosis, Finding
 from ._doctor_recorder import Series
 from ._doctor_schedule import ScheduleFacts
-from ._health_utils import fmt
 from ._verdicts import Capacity, Convergence, capacity_verdict, sharpness_summary
 
 __all__ = [

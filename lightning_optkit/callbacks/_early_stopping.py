@@ -11,8 +11,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from .._internal.checks import in_interval
+from .._internal.ranks import mean_over_ranks
 from ..config import ConfigError, did_you_mean
-from ._reduce import mean_over_ranks
 
 __all__ = ["EarlyStopping"]
 
@@ -23,14 +24,7 @@ def _number(name: str, value: Any, *, allow_none: bool = True, minimum: float | 
             integer: bool = False, hint: str = "") -> Any:
     if value is None and allow_none:
         return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok and integer:
-        ok = isinstance(value, int)
-    if ok and not integer:
-        ok = math.isfinite(value)
-    if ok and minimum is not None:
-        ok = value >= minimum
-    if not ok:
+    if not (in_interval(value, minimum, lo_open=False) and (not integer or isinstance(value, int))):
         what = "an integer" if integer else "a finite number"
         if minimum is not None:
             what += f" >= {minimum:g}"

@@ -12,9 +12,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from .._internal.checks import check_int
+from .._internal.optimizers import unwrap_optimizer
+from .._internal.trainer import due, log_metrics, log_step
 from ..config import ConfigError
-from ._grad_stats import GradStats, Grouping, aggregate, check_norm_type, grad_stats, unwrap_optimizer
-from ._health_utils import check_int, due, log_metrics, log_step
+from ._grad_stats import GradStats, Grouping, aggregate, check_norm_type, grad_stats
 
 __all__ = ["GradNormMonitor"]
 

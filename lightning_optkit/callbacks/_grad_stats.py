@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._internal.optimizers import optimizer_params, unwrap_optimizer
 from ..config import ConfigError
 
 __all__ = [
@@ -49,8 +50,6 @@ __all__ = [
     "Grouping",
     "check_norm_type",
     "grad_stats",
-    "optimizer_params",
-    "unwrap_optimizer",
 ]
 
 _NORM_TYPES = {1.0: "1", 2.0: "2", math.inf: "inf"}
@@ -66,45 +65,11 @@ def check_norm_type(value: Any, owner: str) -> float:
                       hint="2 is the Euclidean norm torch.nn.utils.clip_grad_norm_ uses")
 
 
-def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer behind a Lightning ``LightningOptimizer`` (or ``optimizer`` itself)."""
-    return getattr(optimizer, "_optimizer", optimizer)
-
-
-def optimizer_params(optimizer: Any) -> list[Tensor]:
-    """Every parameter of ``optimizer``, in group order, without duplicates."""
-    seen: set[int] = set()
-    out: list[Tensor] = []
-    for group in unwrap_optimizer(optimizer).param_groups:
-        for p in group["params"]:
-            if id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
-    return out
-
-
 def _foreach_norm(tensors: list[Tensor], ord: float) -> list[Tensor]:
     try:
         return list(torch._foreach_norm(tensors, ord, dtype=torch.float32))
     except (TypeError, RuntimeError):  # older torch without dtype=, or a dtype foreach cannot take
         return [torch.linalg.vector_norm(t.float(), ord) for t in tensors]
-
-
-def first_nonfinite(params: Sequence[Tensor]) -> int | None:
-    """The index of the first tensor holding a NaN or an infinity, or ``None`` (one host read).
-
-    Example:
-        >>> first_nonfinite([torch.ones(2), torch.tensor([1.0, float("nan")])])
-        1
-    """
-    if not params:
-        return None
-    device = params[0].device
-    norms = torch.stack([n.to(device) for n in torch._foreach_norm([p.detach() for p in params])])
-    bad = ~torch.isfinite(norms)
-    if not bool(bad.any()):
-        return None
-    return int(bad.nonzero()[0])
 
 
 class Grouping:

@@ -22,19 +22,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from .._internal.checks import check_choice, check_int, check_number
+from .._internal.io import atomic_write_json
+from .._internal.optimizers import optimizer_params, unwrap_optimizer
+from .._internal.ranks import world_size
+from .._internal.trainer import due, log_metrics, log_step, resolve_log_dir
 from ..config import ConfigError
-from ._grad_stats import grad_stats, optimizer_params, unwrap_optimizer
-from ._health_utils import (
-    check_choice,
-    check_int,
-    check_number,
-    due,
-    log_metrics,
-    log_step,
-    resolve_log_dir,
-    world_size,
-    write_json_atomic,
-)
+from ._grad_stats import grad_stats
 from ._nonfinite_detect import loss_and_grad_flag, params_finite, spike_flag, step_row
 from ._nonfinite_events import GuardEvent, NonFiniteError, events_from_rows, lead_event
 from ._nonfinite_lr import scale_lrs
@@ -475,7 +469,7 @@ class NonFiniteGuard(Callback):
             return
         if not self.events and not os.path.exists(os.path.join(self._log_dir, self.event_log)):
             return
-        write_json_atomic(os.path.join(self._log_dir, self.event_log), {
+        atomic_write_json(os.path.join(self._log_dir, self.event_log), strict=True, obj={
             "callback": _OWNER,
             "policy": self.policy,
             "events": [asdict(e) for e in self.events],

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._grad_stats import first_nonfinite, param_names
-from ._health_utils import device_sum, world_size
+from .._internal.ranks import device_sum, world_size
+from .._internal.tensors import first_nonfinite
+from ._grad_stats import param_names
 
 __all__ = [
     "BAD", "GNORM", "GRAD_BAD", "LOSS", "MEDIAN", "N_COLUMNS", "SPIKE",

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ._health_utils import fmt
+from .._internal.text import fmt
 from ._nonfinite_detect import BAD, GNORM, GRAD_BAD, LOSS, MEDIAN, SPIKE, batch_finite, where_nonfinite
 
 __all__ = ["GuardEvent", "NonFiniteError", "events_from_rows", "lead_event"]

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from ._grad_stats import optimizer_params, unwrap_optimizer
+from .._internal.optimizers import optimizer_params, unwrap_optimizer
 from ._nonfinite_snapshot import BufferGuard
 
 __all__ = ["apply_skip", "check_interval", "choose_skip_mode", "install_found_inf_hooks"]

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from ._grad_stats import optimizer_params, unwrap_optimizer
+from .._internal.optimizers import optimizer_params, unwrap_optimizer
 
 __all__ = ["BufferGuard", "restore_snapshot", "size_text", "take_snapshot"]
 

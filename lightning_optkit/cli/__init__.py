@@ -16,7 +16,7 @@ Every configuration mistake is reported as one ``error: <message>`` line on stde
 Layout: one module per command (:mod:`._fit`, :mod:`._schedule`; ``lr-find``, ``tune`` and
 ``diagnose`` live with their packages and are imported only when they run), the fit/schedule
 argument helpers in :mod:`._common`, and the helpers every command shares in
-:mod:`lightning_optkit._cli_args`. The LR simulation behind ``optkit schedule`` is
+:mod:`lightning_optkit._internal.cli_args`. The LR simulation behind ``optkit schedule`` is
 :func:`lightning_optkit.schedules.simulate`.
 
 Example:
@@ -32,7 +32,7 @@ import sys
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from .._cli_args import UsageError
+from .._internal.cli_args import UsageError
 from ..config import ConfigError
 from . import _fit, _schedule
 

@@ -2,7 +2,7 @@
 ``--model`` class built with the optim block, and text wrapping for help.
 
 The helpers every command shares (JSON objects, dotted imports, number types) live in
-:mod:`lightning_optkit._cli_args`.
+:mod:`lightning_optkit._internal.cli_args`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import shutil
 import textwrap
 from typing import Any
 
-from .._cli_args import UsageError, import_class, instantiate_objects, json_object
+from .._internal.cli_args import UsageError, import_class, json_object
+from .._internal.imports import instantiate_objects
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .._cli_args import UsageError, import_class, instantiate_objects, json_object, positive_int
+from .._internal.cli_args import UsageError, import_class, json_object, positive_int
+from .._internal.imports import instantiate_objects
 from ..config import ConfigError, load_config, parse_overrides
 from ._common import add_config_args, build_user_model, check_example_or_model, config_source, construct, wrap
 
@@ -66,7 +68,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if _lightningcli_file(source, args):
         return _fit_lightningcli(args, str(source), overrides)
     if not args.example and not args.model:
-        from ..tuning._refit import cmd_fit_run, read_run
+        from ..tuning import read_run
 
         if source is not None and read_run(source) is not None:  # a best_config.yaml of optkit tune: a whole run
             return cmd_fit_run(source, args, overrides)  # flags left unset keep the run's own values
@@ -201,6 +203,45 @@ def _fit_lightningcli(args: argparse.Namespace, source: str, overrides: dict[str
     return _report_fit(trainer, logger, args.log_dir)
 
 
-def _devices(text: str) -> int | str:
-    return int(text) if text.isdigit() else text
+def _devices(text: Any) -> Any:
+    """``--devices`` as Lightning takes it: ``2`` -> 2, ``0,1`` -> [0, 1], ``auto`` stays a string.
 
+    Example:
+        >>> _devices("2"), _devices("0,1"), _devices("auto")
+        (2, [0, 1], 'auto')
+    """
+    value = str(text).strip()
+    if value.lstrip("-").isdigit():
+        return int(value)
+    if "," in value and all(p.strip().isdigit() for p in value.split(",") if p.strip()):
+        return [int(p) for p in value.split(",") if p.strip()]
+    return value
+
+
+def cmd_fit_run(config: str, args: Any, overrides: Mapping[str, Any]) -> int:
+    """``optkit fit BEST_CONFIG.yaml``: train the run, print the validation metrics (the ``fit`` command's path).
+
+    ``--seed``, ``--max-epochs``, ``--accelerator``, ``--devices`` and ``--log-every-n-steps`` (``None``:
+    not given) replace the run's own values. The ``fit`` command fills in ``--seed 0`` and ``--devices 1``
+    when they are not given (for its other paths): those values count as not given here, so the run
+    keeps its own seed and devices.
+    """
+    given = {key: getattr(args, key, None) for key in ("seed", "devices", "max_epochs", "accelerator",
+                                                       "log_every_n_steps")}
+    given = {k: v for k, v in given.items() if v is not None}  # flags the user typed
+    trainer_overrides = {k: v for k, v in given.items() if k != "seed"}
+    if "devices" in trainer_overrides:
+        trainer_overrides["devices"] = _devices(trainer_overrides["devices"])
+    from ..tuning import fit_run
+
+    trainer = fit_run(config, overrides=overrides, log_dir=args.log_dir, trainer_overrides=trainer_overrides,
+                      quiet=bool(getattr(args, "quiet", False)), seed=given.get("seed"))
+    if trainer.interrupted:
+        return 130
+    if trainer.global_rank != 0:
+        return 0
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
+    for key in sorted(metrics, key=lambda k: (k != "val_acc", k)):
+        print(f"{key}: {metrics[key]:.4f}")
+    print(f"logs: {trainer.logger.log_dir}")
+    return 0

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._cli_args import UsageError, json_object, positive_int
-from .._io import atomic_write_bytes
+from .._internal.cli_args import UsageError, json_object, positive_int
+from .._internal.io import atomic_write_bytes
 from ..config import ConfigError, OptimBlock, OptimConfig, TrainingLength, load_config, parse_overrides
 from ._common import add_config_args, build_user_model, check_example_or_model, config_source, wrap
 

@@ -4,8 +4,8 @@ This layer imports no torch models; the optimizer, schedule and loss packages re
 checks with :func:`register_validator` so a misspelt name fails at load time.
 """
 
+from .._internal.errors import ConfigError, did_you_mean
 from ._durations import Duration, TrainingLength, parse_duration
-from ._errors import ConfigError, did_you_mean
 from ._loading import apply_overrides, load_config, merge_nested, parse_override, parse_overrides, read_yaml
 from ._schema import (
     LossConfig,

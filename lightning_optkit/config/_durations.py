@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._errors import ConfigError
+from .._internal.errors import ConfigError
 
 __all__ = ["Duration", "TrainingLength", "parse_duration"]
 

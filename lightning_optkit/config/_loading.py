@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from ._errors import ConfigError
+from .._internal.errors import ConfigError
 from ._schema import OptimConfig, validate
 
 __all__ = ["apply_overrides", "load_config", "parse_override", "parse_overrides", "read_yaml"]

@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .._internal.errors import ConfigError, did_you_mean, format_value
 from ._durations import parse_duration
-from ._errors import ConfigError, did_you_mean, format_value
 
 __all__ = [
     "LossConfig",

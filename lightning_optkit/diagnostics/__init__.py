@@ -32,7 +32,7 @@ Example:
 
 from __future__ import annotations
 
-from .._lazy import lazy_exports
+from .._internal.lazy import lazy_exports
 
 _MODULES = {
     "label_issues_from_probs": "._label_issues",

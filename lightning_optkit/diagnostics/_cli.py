@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._cli_args import UsageError, import_class, instantiate_objects, json_object, positive_int
+from .._internal.cli_args import UsageError, import_class, json_object, positive_int
+from .._internal.imports import instantiate_objects
 from ..config import load_config, parse_overrides
 
 __all__ = ["add_parser", "run"]

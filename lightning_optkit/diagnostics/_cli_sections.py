@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_write_json
+from .._internal.io import atomic_write_json
 from ._report import CAPACITY_REMEDIES, CONVERGENCE_REMEDIES, plot_sharpness_history
 
 __all__ = ["capacity_section", "labels_section", "landscape_section", "sharpness_section"]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .._rng import collect_rng_state, restore_rng_state
+from .._internal.rng import collect_rng_state, restore_rng_state
 from ..config import ConfigError
 from ._label_issues import LabelIssues, label_issues_from_probs
 
@@ -179,7 +179,7 @@ def find_label_issues(
         >>> sorted(issues.indices.tolist())
         [4, 33]
     """
-    from ..callbacks._health_utils import check_choice, check_int
+    from .._internal.checks import check_choice, check_int
 
     folds = int(check_int(_OWNER, "folds", folds, minimum=2) or 2)
     batch_size = int(check_int(_OWNER, "batch_size", batch_size) or 1)

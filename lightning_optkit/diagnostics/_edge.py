@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from .._internal.optimizers import unwrap_optimizer
+
 __all__ = ["Edge", "adam_preconditioner", "edge_preconditioner", "stability_edge", "step_scales", "stepped_params"]
 
 
@@ -50,10 +52,6 @@ class Edge:
     preconditioned: bool
     note: str
     scaled: bool = False
-
-
-def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
-    return getattr(optimizer, "_optimizer", optimizer)
 
 
 def _sgd_factor(group: dict[str, Any]) -> tuple[float, str]:
@@ -111,7 +109,7 @@ def stability_edge(optimizer: Any) -> Edge:
         >>> stability_edge(torch.optim.RMSprop(p, lr=0.1)).value is None
         True
     """
-    opt = _unwrap(optimizer)
+    opt = unwrap_optimizer(optimizer)
     if not any(float(g.get("lr", 0.0)) > 0 for g in opt.param_groups):
         return Edge(None, "none", False, "every parameter group has lr = 0: no step, no edge")
     edges = _group_edges(opt)
@@ -139,7 +137,7 @@ def stability_edge(optimizer: Any) -> Edge:
 
 def stepped_params(optimizer: Any, params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
     """The entries of ``params`` that ``optimizer`` steps (in a group with ``lr > 0``), in order."""
-    opt = _unwrap(optimizer)
+    opt = unwrap_optimizer(optimizer)
     live = {id(p) for g in opt.param_groups if float(g.get("lr", 0.0)) > 0 for p in g["params"]}
     return [p for p in params if id(p) in live]
 
@@ -147,7 +145,7 @@ def stepped_params(optimizer: Any, params: list[torch.nn.Parameter]) -> list[tor
 def step_scales(optimizer: Any, params: list[torch.nn.Parameter]) -> torch.Tensor | None:
     """The flat per-entry scale ``D = e / e_g`` over ``params`` (see :func:`stability_edge`), or ``None``
     when a parameter is not stepped or the optimizer has no edge."""
-    opt = _unwrap(optimizer)
+    opt = unwrap_optimizer(optimizer)
     edges = _group_edges(opt)
     if edges is None:
         return None
@@ -167,7 +165,7 @@ def edge_preconditioner(optimizer: Any, params: list[torch.nn.Parameter]) -> tor
     scales = step_scales(optimizer, params)
     if scales is None:
         return None
-    if isinstance(_unwrap(optimizer), (torch.optim.Adam, torch.optim.AdamW)):
+    if isinstance(unwrap_optimizer(optimizer), (torch.optim.Adam, torch.optim.AdamW)):
         pre = adam_preconditioner(optimizer, params)
         return None if pre is None else pre / scales.to(pre.dtype)
     return 1.0 / scales
@@ -175,7 +173,7 @@ def edge_preconditioner(optimizer: Any, params: list[torch.nn.Parameter]) -> tor
 
 def adam_preconditioner(optimizer: Any, params: list[torch.nn.Parameter]) -> torch.Tensor | None:
     """Adam's diagonal ``sqrt(v_hat) + eps`` over ``params`` (flattened), or ``None`` before its first step."""
-    opt = _unwrap(optimizer)
+    opt = unwrap_optimizer(optimizer)
     group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
     pieces = []
     for p in params:

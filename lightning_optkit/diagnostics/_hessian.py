@@ -330,7 +330,7 @@ def hessian_eigenvalues(
         >>> abs(res.eigenvalues[0] - exact) / exact < 1e-3, res.hvps <= 3
         (True, True)
     """
-    from ..callbacks._health_utils import check_choice, check_int, check_number
+    from .._internal.checks import check_choice, check_int, check_number
 
     k = int(check_int("hessian_eigenvalues", "k", k) or 1)
     iters = int(check_int("hessian_eigenvalues", "iters", iters) or 1)
@@ -367,7 +367,7 @@ def hessian_trace(
         >>> abs(res.trace - exact) / exact < 0.05, res.hvps
         (True, 400)
     """
-    from ..callbacks._health_utils import check_int
+    from .._internal.checks import check_int
 
     samples = int(check_int("hessian_trace", "samples", samples) or 1)
     t0 = time.perf_counter()

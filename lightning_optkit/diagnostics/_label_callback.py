@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import Dataset
 
-from ..callbacks._health_utils import check_int, check_number
+from .._internal.checks import check_int, check_number
 from ..config import ConfigError
 from ._label_issues import LabelIssues
 

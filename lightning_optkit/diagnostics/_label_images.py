@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import atomic_write_figure
+from .._internal.io import atomic_write_figure
 from ..config import ConfigError
 
 __all__ = ["issue_image_grid", "log_issue_images"]

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_write
+from .._internal.io import atomic_write
 from ..config import ConfigError
 
 __all__ = ["LabelIssues", "confident_joint", "label_issues_from_probs"]
@@ -252,7 +252,7 @@ def label_issues_from_probs(
         >>> label_issues_from_probs(probs, noisy).indices.tolist()
         [3, 25, 47]
     """
-    from ..callbacks._health_utils import check_choice, check_int, check_number
+    from .._internal.checks import check_choice, check_int, check_number
 
     method = check_choice("label_issues_from_probs", "method", method, _METHODS)
     rank_by = check_choice("label_issues_from_probs", "rank_by", rank_by, _RANKS)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import atomic_write_figure
+from .._internal.io import atomic_write_figure
 from ..config import ConfigError
 from ._hessian import Forward, LossFn, probing
 
@@ -135,7 +135,7 @@ def loss_landscape(
         >>> land.losses.shape, bool(abs(land.losses[2, 2] - land.base_loss) < 1e-6)
         ((5, 5), True)
     """
-    from ..callbacks._health_utils import check_int
+    from .._internal.checks import check_int
 
     if dims not in (1, 2):
         raise ConfigError("loss_landscape.dims", dims, "1 or 2")

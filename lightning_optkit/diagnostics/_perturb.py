@@ -69,7 +69,7 @@ def perturbation_sharpness(
         >>> res.samples, res.ratio > 0, len(res.losses)
         (10, True, 10)
     """
-    from ..callbacks._health_utils import check_int, check_number
+    from .._internal.checks import check_int, check_number
 
     sigma = float(check_number("perturbation_sharpness", "sigma", sigma, 0.0) or 0.01)
     samples = int(check_int("perturbation_sharpness", "samples", samples, minimum=2) or 2)

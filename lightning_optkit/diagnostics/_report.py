@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_bytes, atomic_write_figure
+from .._internal.io import atomic_write_bytes, atomic_write_figure
 
 __all__ = ["CAPACITY_REMEDIES", "CONVERGENCE_REMEDIES", "DiagnoseReport", "plot_sharpness_history"]
 

@@ -12,8 +12,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader
 
-from .._rng import collect_rng_state, loader_generators, restore_rng_state
-from ..callbacks._health_utils import check_int, check_number, fmt, log_metrics, log_step
+from .._internal.checks import check_int, check_number
+from .._internal.rng import collect_rng_state, loader_generators, restore_rng_state
+from .._internal.text import fmt
+from .._internal.trainer import log_metrics, log_step
 from ..config import ConfigError
 from ._edge import Edge, edge_preconditioner, stability_edge, stepped_params
 from ._hessian import Forward, hessian_eigenvalues, select_params

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._rng import collect_rng_state, restore_rng_state
+from .._internal.rng import collect_rng_state, restore_rng_state
 
 __all__ = ["ModelSnapshot", "preserved", "restore", "snapshot"]
 

@@ -9,7 +9,6 @@ Planning is cheap (no loss module is built), so the config validator runs it on 
 from __future__ import annotations
 
 import inspect
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_optkit._internal.checks import in_interval as _is_number
 from lightning_optkit.config import ConfigError, LossConfig, OptimConfig, did_you_mean, register_validator
 
 from ._composite import WeightedSumLoss
@@ -74,10 +74,6 @@ def _signature(cls: type) -> tuple[dict[str, inspect.Parameter], bool]:
     }
     var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
     return params, var_kw
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _numeric_tree(v: Any) -> bool:

@@ -11,12 +11,12 @@ Name lookup is case-insensitive and ignores ``_``, ``-`` and spaces, so ``cross_
 
 from __future__ import annotations
 
-import importlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lightning_optkit._internal.checks import in_interval as _number
+from lightning_optkit._internal.imports import locate as import_object
 from lightning_optkit.config import ConfigError, did_you_mean
 
 __all__ = [
@@ -93,33 +93,6 @@ class LossInfo:
 
 
 _CLASS_CACHE: dict[str, type] = {}
-
-
-def import_object(path: str) -> Any:
-    """Import ``"package.module.Name"`` (attributes may be nested); raises ImportError/AttributeError.
-
-    Example:
-        >>> import_object("torch.nn.MSELoss").__name__
-        'MSELoss'
-    """
-    parts = path.split(".")
-    if len(parts) < 2 or not all(p.isidentifier() for p in parts):
-        raise ImportError(f"{path!r} is not a dotted path such as 'torch.nn.MSELoss'")
-    last_error: Exception | None = None
-    for cut in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:cut])
-        try:
-            obj: Any = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            # only keep walking up when the missing module is the one we asked for (or a parent)
-            if exc.name is None or not module_name.startswith(exc.name):
-                raise
-            last_error = exc
-            continue
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr)
-        return obj
-    raise ImportError(str(last_error) if last_error else f"cannot import {path!r}")
 
 
 def _key(name: str) -> str:
@@ -240,10 +213,6 @@ def resolve_loss(name: Any, path: str = "loss.name") -> tuple[LossInfo | None, t
 
 # --------------------------------------------------------------------------------------------------
 # Built-in entries
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _ge0(kwarg: str) -> Check:

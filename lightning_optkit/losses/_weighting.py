@@ -40,7 +40,6 @@ layer as in the paper (``"backbone.4.*"``). :class:`~lightning_optkit.OptimMixin
 from __future__ import annotations
 
 import fnmatch
-import math
 import re
 import weakref
 from collections.abc import Sequence
@@ -48,6 +47,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .._internal.checks import in_interval as _finite
+from .._internal.ranks import rank_mean
 
 __all__ = [
     "WEIGHTINGS",
@@ -70,10 +72,6 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], Any, str]] = {
     "shared_params": (("gradnorm",), None, "a glob or a list of globs over the model's parameter names"),
     "init_log_var": (("uncertainty",), 0.0, "a finite number"),
 }
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _globs_ok(v: Any) -> bool:
@@ -147,29 +145,6 @@ def build_weighting(weighting: str, num_tasks: int, options: dict[str, Any],
 
 def _adapting(module: nn.Module, losses: Tensor) -> bool:
     return module.training and torch.is_grad_enabled() and losses.requires_grad
-
-
-def rank_mean(values: Tensor) -> Tensor:
-    """``values`` averaged over the ranks of the default process group, on their device (no host sync).
-
-    Under DDP each rank sees its own batch, so without this the loss histories, and with them the
-    ``inverse_std`` and ``dwa`` weights, would drift apart across ranks. A no-op (``values`` itself)
-    unless ``torch.distributed`` is initialized with more than one rank. SUM then divide, since gloo
-    has no ``AVG``.
-
-    Example:
-        >>> rank_mean(torch.tensor([1.0, 2.0])).tolist()  # a single process
-        [1.0, 2.0]
-    """
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    world = dist.get_world_size()
-    if world <= 1:
-        return values
-    out = values.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / world
 
 
 class InverseStdWeighting(nn.Module):

@@ -28,13 +28,14 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._internal.optimizers import scale_lrs
+from .._internal.training import optimizer_steps
 from ..config import ConfigError, OptimConfig, load_config
 
 __all__ = [
@@ -43,14 +44,10 @@ __all__ = [
     "apply_result",
     "config_source",
     "lr_plan",
-    "scale_in_place",
     "schedule_profile",
     "write_config",
 ]
 
-_GROUP_LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
-_SCHED_LIST_ATTRS = ("base_lrs", "_last_lr", "max_lrs", "min_lrs", "plateau_lrs")
-_SCHED_SCALAR_ATTRS = ("eta_min",)
 _MAX_SHADOW_STEPS = 200_000
 _MAX_POINTS = 20_000
 
@@ -155,14 +152,12 @@ class ScheduleProfile:
 
 def _remaining_units(trainer: Any, interval: str) -> int | None:
     try:
-        from ..mixin import training_length
-
-        length = training_length(trainer)
+        total, per_epoch = optimizer_steps(trainer)
     except (ConfigError, AttributeError, TypeError):
         return None
     if interval == "epoch":
-        return max(len(length.steps_per_epoch) - int(trainer.current_epoch), 0)
-    return max(length.total_steps - int(trainer.global_step), 0)
+        return max(len(per_epoch) - int(trainer.current_epoch), 0)
+    return max(total - int(trainer.global_step), 0)
 
 
 def _lambda_trace(sched: Any, group: int, trainer: Any, interval: str) -> list[float] | None:
@@ -247,40 +242,6 @@ def schedule_profile(trainer: Any, optimizer: torch.optim.Optimizer, group: int,
     return ScheduleProfile(kind, mean, peak, len(trace))
 
 
-def scale_in_place(optimizer: torch.optim.Optimizer, schedulers: Sequence[Any], factor: float) -> None:
-    """Multiply every LR setting of ``optimizer``'s groups and its schedulers' base LRs by ``factor``."""
-    for group in optimizer.param_groups:
-        for key in _GROUP_LR_KEYS:
-            value = group.get(key)
-            if isinstance(value, torch.Tensor):
-                value.mul_(factor)
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                group[key] = value * factor
-    seen: set[int] = set()
-
-    def visit(sched: Any) -> None:
-        if id(sched) in seen:
-            return
-        seen.add(id(sched))
-        for attr in _SCHED_LIST_ATTRS:
-            values = getattr(sched, attr, None)
-            if isinstance(values, list) and all(isinstance(v, (int, float)) for v in values):
-                setattr(sched, attr, [v * factor for v in values])
-        for attr in _SCHED_SCALAR_ATTRS:
-            value = getattr(sched, attr, None)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                setattr(sched, attr, value * factor)
-        for child in getattr(sched, "_schedulers", []) or []:
-            visit(child)
-        plateau = getattr(sched, "plateau", None)
-        if plateau is not None:
-            visit(plateau)
-
-    for sched in schedulers:
-        if getattr(sched, "optimizer", None) is optimizer:
-            visit(sched)
-
-
 def write_config(module: nn.Module, block: int, lr: float) -> OptimConfig:
     """Set ``optimizer.lr`` of config block ``block`` to ``lr`` in the module's optim config, keeping ratios.
 
@@ -336,7 +297,7 @@ def apply_result(trainer: Any, result: Any, index: int = 0) -> bool:
         cfg = write_config(module, plan.block, lr)
         if fresh and _take_values_from_a_fresh_build(trainer, module, cfg):
             return True
-    scale_in_place(optimizer, schedulers, lr / plan.configured)
+    scale_lrs(optimizer, schedulers, lr / plan.configured)
     return True
 
 

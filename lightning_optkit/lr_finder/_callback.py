@@ -35,7 +35,7 @@ def _epochs(value: Any) -> tuple[int, ...]:
 
 def _live_groups(trainer: L.Trainer, index: int) -> str:
     """The live optimizer's groups and their LRs now, e.g. ``Adam (3 groups): lr 0.01, 0.001, 0.001``."""
-    from ..callbacks._grad_stats import unwrap_optimizer
+    from .._internal.optimizers import unwrap_optimizer
 
     opt = unwrap_optimizer(trainer.optimizers[index])
     n = len(opt.param_groups)

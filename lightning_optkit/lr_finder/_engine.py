@@ -33,12 +33,15 @@ from typing import Any
 
 import torch
 
+from .._internal.ranks import device_mean
+from .._internal.training import accumulation_at
 from ..config import ConfigError
 from ._apply import LRPlan, lr_plan, schedule_profile
 from ._result import LRFinderResult
-from ._rules import Curve, assess, noise_level, rules_curve, schedule_peak, suggest_all
+from ._rules import Curve, noise_level, rules_curve, schedule_peak, suggest_all
 from ._settings import RangeTestSettings, sweep_lrs
 from ._state import TrainingSnapshot
+from ._verdict import assess
 
 __all__ = ["RangeTestSettings", "run_range_test", "sweep_lrs"]
 
@@ -309,7 +312,7 @@ class _Sweep:
         if value is None:
             return float("nan")
         if self.distributed:
-            value = self.strategy.reduce(value.to(self.strategy.root_device), reduce_op="mean")
+            value = device_mean(self.trainer, value.to(self.strategy.root_device))
         return float(value)
 
     def run(self, train_loaders: Any, val_loaders: Any) -> _Record:
@@ -320,7 +323,7 @@ class _Sweep:
         if val_loaders is not None:
             val_stream = _BatchStream(_flatten(val_loaders)[0], float("inf"))
             held_out = [(self._to_device(b), i) for b, i in (val_stream.next() for _ in range(settings.val_batches))]
-        accumulate = 1 if self.manual else _accumulation(self.trainer)
+        accumulate = 1 if self.manual else accumulation_at(self.trainer, self.trainer.current_epoch)
         lrs: list[float] = []
         losses: list[float] = []
         val_losses: list[float] | None = [] if held_out else None
@@ -351,12 +354,6 @@ class _Sweep:
                 diverged_at = k
                 break
         return _Record(lrs, losses, val_losses, diverged_at)
-
-
-def _accumulation(trainer: Any) -> int:
-    from ..mixin import _accumulation as accumulation_of
-
-    return max(int(accumulation_of(trainer)(int(trainer.current_epoch))), 1)
 
 
 # --------------------------------------------------------------------------------------------------

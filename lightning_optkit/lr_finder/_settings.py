@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
+from .._internal.checks import in_interval
 from ..config import ConfigError, did_you_mean
 from ._rules import DEFAULT_RULE, check_rule
 
@@ -19,13 +19,7 @@ _MAX_STEPS = 10_000
 
 def _number(path: str, value: Any, *, lo: float | None = None, lo_open: bool = True, integer: bool = False,
             expected: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(path, value, expected)
-    if integer and not float(value).is_integer():
-        raise ConfigError(path, value, expected)
-    if not math.isfinite(float(value)):
-        raise ConfigError(path, value, expected)
-    if lo is not None and (value <= lo if lo_open else value < lo):
+    if not in_interval(value, lo, lo_open=lo_open, integer=integer):
         raise ConfigError(path, value, expected)
 
 
@@ -56,7 +50,7 @@ class RangeTestSettings:
         >>> RangeTestSettings(min_lr=1.0, max_lr=0.1)
         Traceback (most recent call last):
         ...
-        lightning_optkit.config._errors.ConfigError: max_lr: got 0.1; expected a finite number > min_lr (1).
+        lightning_optkit.config.ConfigError: max_lr: got 0.1; expected a finite number > min_lr (1).
     """
 
     min_lr: float = 1e-7

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._rng import collect_rng_state, loader_generators, restore_rng_state
+from .._internal.rng import collect_rng_state, loader_generators, restore_rng_state
 
 __all__ = ["TrainingSnapshot", "collect_rng_state", "loader_generators", "restore_rng_state"]
 

@@ -8,12 +8,12 @@ reachable by dotted path (``"lion_pytorch.Lion"``), imported lazily.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from .._internal.imports import locate
 from ..config import ConfigError, OptimConfig, did_you_mean, register_validator
 
 __all__ = ["OptimInfo", "optimizer_names", "registry", "resolve_optimizer", "validate_optimizers"]
@@ -140,9 +140,9 @@ def resolve_optimizer(name: str, path: str = "optimizer.name") -> OptimInfo:
 def _resolve_dotted(name: str, path: str) -> OptimInfo:
     import torch.optim
 
-    module_name, _, attr = name.rpartition(".")
+    module_name = name.rpartition(".")[0]
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
+        obj = locate(name)
     except ImportError as exc:
         raise ConfigError(path, name, f"an importable optimizer class ({exc.__class__.__name__}: {exc})",
                           hint=f"is the package providing '{module_name}' installed?") from None

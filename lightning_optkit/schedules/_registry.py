@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._internal.checks import in_interval
+from .._internal.imports import locate
 from ..config import ConfigError, OptimConfig, did_you_mean, parse_duration, register_validator
 
 __all__ = ["SCHEDULES", "ScheduleInfo", "resolve_dotted_scheduler", "validate_scheduler"]
@@ -19,13 +19,7 @@ Check = Callable[[Any], str | None]  # returns what is expected when the value i
 
 def _num(lo: float | None = None, hi: float | None = None, lo_open: bool = True, hi_open: bool = False) -> Check:
     def check(v: Any) -> str | None:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            return _range_text(lo, hi, lo_open, hi_open)
-        if lo is not None and (v <= lo if lo_open else v < lo):
-            return _range_text(lo, hi, lo_open, hi_open)
-        if hi is not None and (v >= hi if hi_open else v > hi):
-            return _range_text(lo, hi, lo_open, hi_open)
-        return None
+        return None if in_interval(v, lo, hi, lo_open=lo_open, hi_open=hi_open) else _range_text(lo, hi, lo_open, hi_open)
 
     return check
 
@@ -160,9 +154,8 @@ def lookup(name: str) -> ScheduleInfo | None:
 
 def resolve_dotted_scheduler(name: str, path: str) -> type:
     """Import an LR scheduler class named by a dotted path (``torch.optim.lr_scheduler.StepLR``)."""
-    module_name, _, attr = name.rpartition(".")
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
+        obj = locate(name)
     except (ImportError, AttributeError, ValueError):
         raise ConfigError(path, name, "an importable LR scheduler class (module.Class)") from None
     from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau

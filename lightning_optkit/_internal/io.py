@@ -23,11 +23,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -38,6 +40,7 @@ __all__ = [
     "atomic_torch_save",
     "atomic_write",
     "atomic_write_bytes",
+    "atomic_write_figure",
     "atomic_write_json",
     "fsync_dir",
     "is_tmp_name",
@@ -172,13 +175,47 @@ def atomic_write_figure(path: str | os.PathLike[str], fig: Any, **savefig: Any) 
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, fsync: bool = True,
-                      default: Callable[[Any], Any] | None = None) -> str:
+                      default: Callable[[Any], Any] | None = None, strict: bool = False) -> str:
     """Write ``obj`` as indented JSON to ``path`` durably; returns the sha256 of the bytes written.
 
     ``default`` is ``json.dumps``'s: it turns values JSON does not know into ones it does (e.g. ``str``).
+    ``strict=True`` keeps the file strict JSON for any reader (the health callbacks' reports): non-finite
+    floats become the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``, tensors and sets become lists,
+    other unknown values their ``str``, the indent is 2 and the folder is created.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "sub", "report.json")
+        >>> _ = atomic_write_json(path, {"loss": float("nan"), "ids": {3}}, strict=True)
+        >>> json.load(open(path))
+        {'loss': 'NaN', 'ids': [3]}
     """
-    data = (json.dumps(obj, indent=1, sort_keys=False, allow_nan=True, default=default) + "\n").encode()
-    return atomic_write_bytes(path, data, fsync=fsync)
+    if strict:
+        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+        text = json.dumps(_strict_json(obj), indent=2, default=default or _json_default, allow_nan=False)
+    else:
+        text = json.dumps(obj, indent=1, sort_keys=False, allow_nan=True, default=default)
+    return atomic_write_bytes(path, (text + "\n").encode(), fsync=fsync)
+
+
+def _strict_json(value: Any) -> Any:
+    """Non-finite floats as the strings "NaN", "Infinity", "-Infinity": the file stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Mapping):
+        return {str(k): _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported: never import it here
+    if torch is not None and isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str], *, fsync: bool = True) -> WriteResult:

@@ -1,89 +1,61 @@
-"""Argument helpers shared by the ``optkit`` subcommands (fit, schedule, lr-find, tune)."""
+"""Dotted-path imports: ``pkg.module.name`` strings and LightningCLI-style ``class_path`` objects.
+
+Configs and command lines name classes by dotted path (trusted like code, as in LightningCLI); this
+module turns such names into objects, with errors that name the key. Nothing is ever ``eval``-ed.
+
+Example:
+    >>> locate("json.decoder.JSONDecoder").__name__
+    'JSONDecoder'
+"""
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
-import json
 import os
 import sys
 from typing import Any
 
-__all__ = ["UsageError", "has_class_objects", "import_class", "import_object", "instantiate_objects", "is_class_object", "json_object",
-           "positive_float", "positive_int"]
+from .errors import ConfigError, did_you_mean
+
+__all__ = ["has_class_objects", "import_object", "importable_cwd", "instantiate_objects", "is_class_object", "locate",
+           "signature_defaults"]
 
 
-class UsageError(Exception):
-    """A mistake on the command line (not in the config); printed as ``error: ...`` with exit status 2."""
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1.
-
-    Example:
-        >>> positive_int("3")
-        3
-    """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0.
-
-    Example:
-        >>> positive_float("1e-3")
-        0.001
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive, finite number, got {text!r}")
-    return value
-
-
-def json_object(text: str | None, flag: str) -> dict[str, Any]:
-    """The JSON object given to ``flag`` (``{}`` when absent); anything else is a UsageError.
-
-    Example:
-        >>> json_object('{"hidden": 64}', "--model-args")
-        {'hidden': 64}
-    """
-    if text is None:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{flag}: not valid JSON ({exc.msg} at character {exc.pos}): {text}") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"{flag}: expected a JSON object such as '{{\"hidden\": 64}}', got {text}")
-    return value
-
-
-def import_class(path: str, flag: str, base: type) -> type:
-    """Import ``pkg.module.Class`` (the current folder importable, as with ``python -m``), a subclass of ``base``."""
-    module_name, _, attr = path.rpartition(".")
-    if not module_name:
-        raise UsageError(f"{flag}: expected a dotted path pkg.module.Class, got {path!r}")
+def importable_cwd() -> None:
+    """Make the current folder importable, as ``python -m`` does."""
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except ImportError as exc:
-        raise UsageError(f"{flag}: cannot import {module_name!r} ({exc})") from None
-    except AttributeError:
-        raise UsageError(f"{flag}: module {module_name!r} has no {attr!r}") from None
-    if not (inspect.isclass(obj) and issubclass(obj, base)):
-        raise UsageError(f"{flag}: {path} is not a subclass of {base.__module__}.{base.__qualname__}")
-    return obj
+
+
+def locate(path: str) -> Any:
+    """Import ``"package.module.Name"`` (attributes may be nested); raises ImportError/AttributeError.
+
+    The longest importable module prefix wins, so ``torch.nn.MSELoss`` and ``pkg.Outer.Inner`` both work.
+    A module that fails to import for another reason (a missing dependency inside it) raises as is.
+
+    Example:
+        >>> locate("torch.nn.MSELoss").__name__
+        'MSELoss'
+    """
+    parts = path.split(".")
+    if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+        raise ImportError(f"{path!r} is not a dotted path such as 'torch.nn.MSELoss'")
+    last_error: ModuleNotFoundError | None = None
+    for cut in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:cut])
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # only keep walking up when the missing module is the one we asked for (or a parent)
+            if exc.name is None or not module_name.startswith(exc.name):
+                raise
+            last_error = exc
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise last_error if last_error is not None else ImportError(f"cannot import {path!r}")
 
 
 _OBJECT_KEYS = {"class_path", "init_args", "dict_kwargs"}
@@ -126,8 +98,6 @@ def instantiate_objects(value: Any, flag: str, _where: str = "") -> Any:
         >>> type(net["net"]).__name__, net["net"].weight.shape
         ('Linear', torch.Size([3, 2]))
     """
-    from .config import ConfigError
-
     if isinstance(value, dict) and not is_class_object(value):
         return {k: instantiate_objects(v, flag, f"{_where}.{k}" if _where else str(k)) for k, v in value.items()}
     if isinstance(value, list):
@@ -173,13 +143,10 @@ def import_object(path: str, label: str) -> Any:
         >>> import_object("json:dumps", "cli").__name__
         'dumps'
     """
-    from .config import ConfigError, did_you_mean
-
     module_name, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
     if not module_name or not attr:
         raise ConfigError(label, path, "a dotted path pkg.module.name (or pkg.module:name)")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    importable_cwd()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -1,4 +1,8 @@
-"""The one exception every bad configuration ends in."""
+"""The one exception every bad configuration ends in, and the did-you-mean behind its suggestions.
+
+Public as :class:`lightning_optkit.config.ConfigError`; it lives in the toolbox so that every layer
+(the checkers of :mod:`.checks` included) can raise it without importing a component above.
+"""
 
 from __future__ import annotations
 
@@ -74,6 +78,9 @@ class ConfigError(ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:  # keep picklable across processes (tuning workers)
         return (_rebuild, (self.path, self.value, self.expected, self.suggestions, self.hint))
+
+
+ConfigError.__module__ = "lightning_optkit.config"  # its public home, shown in tracebacks
 
 
 def _rebuild(path: str, value: Any, expected: str, suggestions: list[str], hint: str) -> ConfigError:
