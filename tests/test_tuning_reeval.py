@@ -18,10 +18,9 @@ import pytest
 import yaml
 
 from lightning_optkit import ConfigError
-from lightning_optkit.tuning import best_by_reeval, tune
+from lightning_optkit.tuning import best_by_reeval, fit_run, tune
 from lightning_optkit.tuning._cli import add_parser, tune_kwargs
 from lightning_optkit.tuning._reeval import REEVAL_KEY, reeval_seeds, top_trials
-from lightning_optkit.tuning._refit import fit_run
 from lightning_optkit.tuning._sources import ClassSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers, here and in worker processes
@@ -247,7 +246,7 @@ def test_fit_of_a_best_config_names_what_was_not_recorded_and_honours_seed(tmp_p
     warning; --seed / --devices / --log-every-n-steps replace the run's values."""
     from lightning.pytorch.callbacks import Callback
 
-    from lightning_optkit.tuning._refit import cmd_fit_run
+    from lightning_optkit.cli._fit import cmd_fit_run
 
     sign, stable, noisy = _case()
     run = {**RUN, "trainer_kwargs": {**RUN["trainer_kwargs"], "callbacks": [Callback()]}}

@@ -17,8 +17,8 @@ import pytest
 from optuna.trial import TrialState
 
 from lightning_optkit import ConfigError
-from lightning_optkit.tuning import tune
-from lightning_optkit.tuning._launcher import ATTEMPT_KEY, RETRY_OF_KEY, WORKER_KEY, DeviceSlot, plan_slots
+from lightning_optkit.tuning import DeviceSlot, plan_slots, tune
+from lightning_optkit.tuning._pool._protocol import ATTEMPT_KEY, RETRY_OF_KEY, WORKER_KEY
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tuning_scale_helpers, for this process and its workers
 
@@ -328,7 +328,7 @@ def test_staged_candidates_start_from_the_optimizer_defaults_inside_the_searched
 
 
 def test_a_trial_that_raises_in_its_process_stops_the_study_with_its_error(tmp_path):
-    from lightning_optkit.tuning._launcher import TrialProcessError
+    from lightning_optkit.tuning._pool._launcher import TrialProcessError
 
     with pytest.raises(TrialProcessError, match="val_missing") as info:
         tune(FACTORY, SEARCH, config=BASE, monitor="val_missing", direction="minimize", n_trials=3, workers=1,

@@ -27,7 +27,7 @@ sys.path.insert(0, str(TESTS))
 from test_tuning_scale import BASE, FACTORY, SEARCH, check_killed_trial_was_retried  # noqa: E402
 from tuning_scale_helpers.postgres import PASSWORD, postgres_server  # noqa: E402
 
-from lightning_optkit.tuning._launcher import WORKER_KEY  # noqa: E402
+from lightning_optkit.tuning._pool._protocol import WORKER_KEY  # noqa: E402
 
 N_TRIALS = 6
 

@@ -9,8 +9,17 @@ import pytest
 import yaml
 
 from lightning_optkit import ConfigError, load_config
-from lightning_optkit.tuning import PRESETS, SearchSpace, load_search, make_pruner, make_sampler, search_preset
-from lightning_optkit.tuning._study import AutoHyperbandPruner, redact_url, resolve_storage
+from lightning_optkit.tuning import (
+    PRESETS,
+    AutoHyperbandPruner,
+    SearchSpace,
+    load_search,
+    make_pruner,
+    make_sampler,
+    redact_url,
+    resolve_storage,
+    search_preset,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BASE = {

@@ -17,8 +17,7 @@ import yaml
 from optuna.trial import TrialState
 
 from lightning_optkit import ConfigError
-from lightning_optkit.tuning import tune
-from lightning_optkit.tuning._refit import fit_run
+from lightning_optkit.tuning import fit_run, tune
 from lightning_optkit.tuning._sources import ClassSource, FactorySource
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tuning_targets_helpers, here and in worker processes

@@ -22,17 +22,41 @@ Example:
     ['optimizer.lr']
 """
 
-from ._dist import DistributedContext
-from ._launcher import DeviceSlot, Launcher, plan_slots
-from ._presets import PRESETS, search_preset
-from ._pruning import PruningCallback
-from ._reeval import best_by_reeval
-from ._reports import ProgressReporter
-from ._runner import TrialPlan, TrialRunner
-from ._sources import ClassSource, ExampleSource, FactorySource, LightningCLISource, ModelSource
-from ._space import Param, SearchSpace, load_search
-from ._study import AutoHyperbandPruner, make_pruner, make_sampler, redact_url, resolve_storage
-from ._tune import infer_direction, tune
+import importlib
+from typing import Any
+
+# Each public name and the private module that defines it; imported on first use, so that
+# `import lightning_optkit.tuning` stays cheap and no module of the package needs the package itself.
+_EXPORTS: dict[str, str] = {
+    "PRESETS": "_presets",
+    "AutoHyperbandPruner": "_hyperband",
+    "ClassSource": "_sources",
+    "DeviceSlot": "_pool._slots",
+    "DistributedContext": "_dist",
+    "ExampleSource": "_sources",
+    "FactorySource": "_sources",
+    "Launcher": "_pool._launcher",
+    "LightningCLISource": "_sources",
+    "ModelSource": "_sources",
+    "Param": "_space",
+    "ProgressReporter": "_reports",
+    "PruningCallback": "_pruning",
+    "SearchSpace": "_space",
+    "TrialPlan": "_runner",
+    "TrialRunner": "_runner",
+    "best_by_reeval": "_reeval",
+    "fit_run": "_refit",
+    "infer_direction": "_request",
+    "load_search": "_space",
+    "make_pruner": "_samplers",
+    "make_sampler": "_samplers",
+    "plan_slots": "_pool._slots",
+    "read_run": "_refit",
+    "redact_url": "_storage",
+    "resolve_storage": "_storage",
+    "search_preset": "_presets",
+    "tune": "_tune",
+}
 
 __all__ = [
     "PRESETS",
@@ -52,13 +76,28 @@ __all__ = [
     "TrialPlan",
     "TrialRunner",
     "best_by_reeval",
+    "fit_run",
     "infer_direction",
     "load_search",
     "make_pruner",
     "make_sampler",
     "plan_slots",
+    "read_run",
     "redact_url",
     "resolve_storage",
     "search_preset",
     "tune",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

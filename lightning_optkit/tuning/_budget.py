@@ -13,7 +13,7 @@ however many of them start at once:
   study never holds more than ``n_trials`` finished-or-running trials; a trial that fails gives its
   place back (its retry takes it).
 - **A trial's process is known to be alive.** Each claimed trial records its process
-  (:data:`~lightning_optkit.tuning._launcher.WORKER_KEY`: host, pid and the process's start time,
+  (:data:`~lightning_optkit.tuning._pool._protocol.WORKER_KEY`: host, pid and the process's start time,
   so a reused pid is not mistaken for it) and, on an RDB storage with heartbeats, its first
   heartbeat at once (Optuna only fails trials that have beaten at least once).
 

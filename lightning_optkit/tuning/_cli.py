@@ -1,7 +1,7 @@
 """``optkit tune``: the command line of :func:`lightning_optkit.tuning.tune`.
 
-The lead wires it into ``lightning_optkit/cli.py`` with :func:`add_parser` (which sets
-``func=run``); ``python -m lightning_optkit.tuning ...`` runs it on its own. :func:`run` reports
+``optkit`` adds it as a subcommand with :func:`add_parser` (which sets ``func=run``);
+``python -m lightning_optkit.tuning ...`` runs it on its own (:func:`main`). :func:`run` reports
 every configuration or usage mistake as one ``error: ...`` line on stderr and returns 2.
 
 Example:
@@ -20,11 +20,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .._cli_args import UsageError, json_object, positive_float, positive_int
+from .._internal.cli_args import UsageError, json_object, positive_float, positive_int
 from ..config import ConfigError, parse_overrides, read_yaml
-from ._launcher import TrialProcessError
+from ._pool._launcher import TrialProcessError
 from ._presets import PRESETS
-from ._study import PRUNERS, SAMPLERS
+from ._samplers import PRUNERS, SAMPLERS
 
 __all__ = ["add_parser", "build_parser", "main", "run"]
 
@@ -62,6 +62,13 @@ tensorboard/ (tensorboard --logdir ...); the study itself to OUT/optuna.db (optu
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
+    """Every argument of ``optkit tune``, in the groups ``--help`` shows."""
+    for add_group in (_add_source_arguments, _add_search_arguments, _add_study_arguments, _add_pool_arguments,
+                      _add_trial_arguments, _add_output_arguments):
+        add_group(p)
+
+
+def _add_source_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("model and data (one of)")
     src.add_argument("config", nargs="?", metavar="CONFIG",
                      help="the base optim block (YAML); or a LightningCLI config as --print_config writes it "
@@ -79,6 +86,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--model-args", metavar="JSON", help="more keyword arguments for the model, as a JSON object")
     src.add_argument("--data-args", metavar="JSON", help="keyword arguments for the datamodule, as a JSON object")
 
+
+def _add_search_arguments(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("the search")
     s.add_argument("--search", metavar="FILE|PRESET",
                    help="search space: a YAML file with `search:` or a preset (" + ", ".join(sorted(PRESETS))
@@ -110,6 +119,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="staged: an LR range test per candidate optimizer narrows its optimizer.lr (suggestion /4 .. "
                         "x4), then TPE + Hyperband tune everything in one study, each optimizer in its own LR range")
 
+
+def _add_study_arguments(p: argparse.ArgumentParser) -> None:
     st = p.add_argument_group("the study")
     st.add_argument("--storage", metavar="URL",
                     help="sqlite:///file.db, postgresql://user@host/db, a .db or .log file, or memory "
@@ -118,6 +129,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     st.add_argument("--resume", action="store_true", help="continue the study (--study NAME, or the newest one)")
     st.add_argument("--out", default="optkit_tune", metavar="DIR", help="output folder (default: optkit_tune/)")
 
+
+def _add_pool_arguments(p: argparse.ArgumentParser) -> None:
     sc = p.add_argument_group("scale out (one process per trial; docs/tuning_scale.md)")
     sc.add_argument("--workers", type=positive_int, metavar="K",
                     help="run each trial in a fresh process, K at once, each pinned to its devices (a GPU slot via "
@@ -131,6 +144,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                     help="heartbeat of running trials on a PostgreSQL/MySQL storage (default 30; a trial silent for "
                          "twice as long is failed and retried)")
 
+
+def _add_trial_arguments(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("each trial")
     t.add_argument("--max-epochs", type=positive_int, metavar="N",
                    help="epochs per trial (default: the example's, e.g. 10; required for your own model "
@@ -149,6 +164,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--threads", type=positive_int, metavar="N",
                    help="torch threads during the study (default: unchanged; --example: 1, fastest for tiny models)")
 
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--no-plots", action="store_true", help="no PNG plots")
     o.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs per trial")
@@ -186,10 +203,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(args)
 
 
-
-
-
-
 def _number(text: str) -> int | float:
     try:
         return int(text)
@@ -199,9 +212,6 @@ def _number(text: str) -> int | float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
-
 
 
 def _count(text: str) -> int:
@@ -243,6 +253,39 @@ def _lightningcli_source(args: argparse.Namespace, config: str | None) -> Any:
 
 def tune_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The :func:`~lightning_optkit.tuning.tune` arguments for parsed ``optkit tune`` arguments."""
+    kwargs = _source_kwargs(args)
+    kwargs.update(_trainer_and_pool_kwargs(args))
+    if args.recipe is not None:
+        kwargs["recipe"] = args.recipe
+    kwargs.update(
+        search=args.search,
+        overrides=parse_overrides(args.overrides) or None,
+        monitor=_split(args.monitor),
+        direction=_split(args.direction),
+        n_trials=args.trials,
+        timeout=args.timeout,
+        study_timeout=args.study_timeout,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        storage=args.storage,
+        study_name=args.study,
+        resume=args.resume,
+        enqueue_base=not args.no_base,
+        seed=args.seed,
+        out_dir=args.out,
+        tensorboard=not args.no_tensorboard,
+        plots=not args.no_plots,
+        progress=not args.quiet,
+        threads=args.threads,
+        verbose=args.verbose,
+        reeval=args.reeval,
+        reeval_seeds=args.reeval_seeds,
+    )
+    return kwargs
+
+
+def _source_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``model`` (or ``example`` and its arguments) and ``config``: where model and data come from."""
     from ._sources import ClassSource
 
     if args.config and args.config_opt and args.config != args.config_opt:
@@ -279,12 +322,18 @@ def tune_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("give --example digits, a LightningCLI config, --model/--data with CONFIG, or --factory")
     if config is not None:
         kwargs["config"] = config
+    return kwargs
+
+
+def _trainer_and_pool_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``trainer_kwargs`` of each trial, and the process pool's arguments (``--workers``...)."""
     trainer: dict[str, Any] = parse_overrides(args.trainer_args)
     for key, value in (("max_epochs", args.max_epochs), ("max_steps", args.max_steps),
                        ("val_check_interval", args.val_check_interval), ("accelerator", args.accelerator),
                        ("strategy", args.strategy)):
         if value is not None:
             trainer[key] = value
+    kwargs: dict[str, Any] = {}
     scaled = args.workers is not None or args.devices_per_trial is not None
     if args.devices is not None and not scaled:
         trainer["devices"] = int(args.devices) if args.devices.isdigit() else args.devices
@@ -294,33 +343,7 @@ def tune_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_retries < 0:
         raise UsageError(f"--max-retries: expected a number >= 0, got {args.max_retries}")
     kwargs["max_retries"] = args.max_retries
-    if args.recipe is not None:
-        kwargs["recipe"] = args.recipe
-    kwargs.update(
-        search=args.search,
-        overrides=parse_overrides(args.overrides) or None,
-        monitor=_split(args.monitor),
-        direction=_split(args.direction),
-        n_trials=args.trials,
-        timeout=args.timeout,
-        study_timeout=args.study_timeout,
-        sampler=args.sampler,
-        pruner=args.pruner,
-        storage=args.storage,
-        study_name=args.study,
-        resume=args.resume,
-        enqueue_base=not args.no_base,
-        trainer_kwargs=trainer,
-        seed=args.seed,
-        out_dir=args.out,
-        tensorboard=not args.no_tensorboard,
-        plots=not args.no_plots,
-        progress=not args.quiet,
-        threads=args.threads,
-        verbose=args.verbose,
-        reeval=args.reeval,
-        reeval_seeds=args.reeval_seeds,
-    )
+    kwargs["trainer_kwargs"] = trainer
     return kwargs
 
 

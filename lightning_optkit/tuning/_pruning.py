@@ -175,7 +175,7 @@ class PruningCallback(Callback):
         """Non-finite weights, when the study prunes at all (rank 0; DDP keeps the ranks' weights equal)."""
         from optuna.pruners import NopPruner
 
-        from ..callbacks._grad_stats import first_nonfinite
+        from .._internal.tensors import first_nonfinite
 
         if isinstance(getattr(self.trial.study, "pruner", None), NopPruner):
             return False

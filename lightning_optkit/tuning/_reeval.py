@@ -42,6 +42,7 @@ from ..config import ConfigError
 from ._budget import storage_lock
 from ._dist import Assignment
 from ._optuna_private import storage_of
+from ._trials import best_trial, trial_config
 
 __all__ = [
     "DEFAULT_REEVAL",
@@ -308,8 +309,6 @@ def best_by_reeval(study: optuna.Study) -> FrozenTrial | None:
         return next(t for t in study.get_trials(deepcopy=False) if t.number == report.chosen.number)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return None
-    from ._reports import best_trial
-
     return best_trial(study)
 
 
@@ -381,8 +380,6 @@ def _run_jobs(study: optuna.Study, jobs: Sequence[Job], execute: Execute, monito
 
 def assignment_for(job: Job, plan: Any) -> Assignment:
     """The assignment that trains ``job``'s config (the trial's complete optim block) with its seed."""
-    from ._reports import trial_config
-
     overrides = plan.space.overrides_from_params(job.trial.params, plan.base)
     return Assignment(job.trial.number, overrides, trial_config(job.trial, plan), out_dir=str(plan.out_dir),
                       seed=job.seed)

@@ -11,22 +11,20 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from .._io import atomic_write_bytes
-from ..config import load_config
+from .._internal.io import atomic_write_bytes
+from ._reeval import ReevalReport, reeval_report
 from ._refit import run_block
 from ._runner import TrialPlan
 from ._space import split_overrides
+from ._trials import best_trial, trial_config
 
-if TYPE_CHECKING:
-    from ._reeval import ReevalReport
-
-__all__ = ["ProgressReporter", "best_trial", "chosen_trial", "format_summary", "trial_config", "write_best_config", "write_plots",
+__all__ = ["ProgressReporter", "chosen_trial", "format_summary", "write_best_config", "write_outputs", "write_plots",
            "write_trials_csv"]
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -49,28 +47,6 @@ def _fmt_duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best COMPLETE trial (multi-objective: the Pareto-optimal one best on the first metric)."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        return None
-    if len(study.directions) == 1:
-        return study.best_trial
-    front = study.best_trials
-    sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    return min(front, key=lambda t: sign * t.values[0])
-
-
-def trial_config(trial: FrozenTrial, plan: TrialPlan) -> dict[str, Any]:
-    """The complete optim block a trial trained with (stored with the trial, or rebuilt from its params)."""
-    stored = trial.user_attrs.get("optkit.config")
-    if isinstance(stored, dict):
-        return stored
-    overrides = plan.space.overrides_from_params(trial.params, plan.base)
-    optim_overrides = plan.space.scale_lr(split_overrides(overrides)[0], overrides, plan.base)
-    return load_config(plan.base, optim_overrides).to_dict()
 
 
 def _value_text(trial: FrozenTrial, plan: TrialPlan) -> str:
@@ -336,3 +312,45 @@ class ProgressReporter:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def write_outputs(study: optuna.Study, plan: TrialPlan, display: str, elapsed: float, *, plots: bool, summary: bool,
+                  failed: bool, ran: int | None = None, n_trials: int | None = None,
+                  reeval: tuple[int, int] = (0, 0)) -> None:
+    """Write the outputs (also after an error or Ctrl-C, for what finished) and print the summary."""
+    out = plan.out_dir
+    report = reeval_report(study, plan.monitors[0], plan.seed, *reeval) if len(plan.monitors) == 1 else None
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    if not finished:
+        if summary and not failed:
+            print(format_summary(study, plan, elapsed=elapsed, storage=display, ran=ran, n_trials=n_trials))
+        return
+    best_path, reproduce, extras = write_best_config(study, plan, out, reeval=report)
+    csv_path = write_trials_csv(study, plan, out / "trials.csv")
+    written, notes = write_plots(study, plan, out / "plots") if plots else ([], [])
+    if not summary:
+        return
+    lines = ["", format_summary(study, plan, elapsed=elapsed, storage=display, ran=ran, n_trials=n_trials), ""]
+    if report is not None:
+        lines.extend([*report.lines(), ""])
+    best = chosen_trial(study, report)
+    if best is not None and best_path is not None:
+        values = ", ".join(f"{m} = {v:.4f}" for m, v in zip(plan.monitors, best.values or []))
+        best_line = report.best_line() if report is not None else None
+        lines.append(f"best trial {best.number}: " + (f"{best_line}" if best_line else values))
+        lines.append(f"best config ({best_path}):")
+        lines.extend("  " + ln for ln in yaml.safe_dump(trial_config(best, plan), sort_keys=False).rstrip().splitlines())
+        for i, line in enumerate(reproduce):
+            lines.append(("reproduce: " if i == 0 else "           ") + line)
+        lines.extend(f"also: {p}" for p in extras)
+    else:
+        lines.append("no trial completed: no best config")
+    lines.append(f"trials: {csv_path}")
+    if written:
+        lines.append(f"plots: {', '.join(str(p) for p in written)}")
+    lines.extend(f"plots: {n}" for n in notes)
+    if plan.tensorboard:
+        lines.append(f"tensorboard: tensorboard --logdir {out / 'tensorboard'}")
+    if display.startswith(("sqlite", "postgresql", "mysql")):
+        lines.append(f"dashboard: optuna-dashboard {display}")
+    print("\n".join(lines), flush=True)

@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from ._pruning import PruningCallback
 from ._sources import ModelSource
 from ._space import SearchSpace, split_overrides
 
-__all__ = ["TrialPlan", "TrialRunner", "quiet_lightning", "trial_trainer_kwargs"]
+__all__ = ["TrialPlan", "TrialRunner", "quiet_lightning", "run_and_tell", "trial_trainer_kwargs"]
 
 # The Trainer settings of a trial unless the caller's trainer arguments say otherwise.
 TRIAL_DEFAULTS: dict[str, Any] = {
@@ -173,20 +173,14 @@ class TrialRunner:
         return self.train(assignment, trial)
 
     def run_one(self, study: optuna.Study) -> optuna.trial.FrozenTrial:
-        """Ask ``study`` for a trial, run it here and tell the result: one trial of a worker process.
+        """Ask ``study`` for a trial, run it here and tell the result (:func:`run_and_tell`); an exception is raised.
 
-        A process launcher (one process per trial, workers sharing an RDB or journal storage) calls
-        this in each fresh process with a plan rebuilt by :meth:`TrialPlan.from_description`.
+        What a fresh process does with a plan rebuilt by :meth:`TrialPlan.from_description`.
         """
-        trial = study.ask()
-        try:
-            value = self(trial)
-        except optuna.TrialPruned:
-            return study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        except BaseException:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            raise
-        return study.tell(trial, value)
+        frozen, exc = run_and_tell(study, study.ask(), self)
+        if exc is not None:
+            raise exc
+        return frozen
 
     # -- ranks > 0 ---------------------------------------------------------------------------------------
     def follow(self) -> Stop:
@@ -258,3 +252,31 @@ class TrialRunner:
             metrics.update({f"hparams/{m}": v for m, v in zip(self.plan.monitors, callback.last_values)})
         logger.log_hyperparams(params, metrics=metrics, step=step)
         logger.finalize("success" if state == "COMPLETE" else state.lower())
+
+
+def run_and_tell(study: optuna.Study, trial: optuna.trial.Trial, objective: Callable[[optuna.trial.Trial], Any], *,
+                 quiet_tell: bool = False, fail_interrupted: bool = True
+                 ) -> tuple[optuna.trial.FrozenTrial, Exception | None]:
+    """Run ``objective(trial)`` and tell ``study`` how it ended: the one ask/tell body of every run mode.
+
+    COMPLETE with the returned value(s), PRUNED on :class:`optuna.TrialPruned`, FAIL on an exception,
+    which is returned (not raised) with the told trial: the caller raises it, logs it (``catch=``) or
+    turns it into an exit code. Ctrl-C and ``SystemExit`` propagate; with ``fail_interrupted`` the trial
+    is told FAIL first (a worker process leaves it RUNNING: its launcher fails and retries it).
+    ``quiet_tell`` silences the warnings of the final tell.
+    """
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        return study.tell(trial, state=optuna.trial.TrialState.PRUNED), None
+    except Exception as exc:
+        return study.tell(trial, state=optuna.trial.TrialState.FAIL), exc
+    except BaseException:
+        if fail_interrupted:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    if not quiet_tell:
+        return study.tell(trial, value), None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return study.tell(trial, value), None

@@ -28,10 +28,22 @@ __all__ = [
     "ModelSource",
     "as_source",
     "is_lightningcli_yaml",
+    "positional_count",
     "source_from_description",
 ]
 
 Factory = Callable[[dict[str, Any]], Any]
+
+
+def positional_count(fn: Any) -> int:
+    """How many positional arguments ``fn`` takes (a large number for ``*args``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return 99
+    return sum(p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in params)
 
 
 def _check_pair(out: Any, who: str) -> tuple[Any, Any]:
@@ -61,7 +73,7 @@ def _import_object(path: str, label: str) -> Any:
             return getattr(main, attr)
         raise ConfigError(label, path, "an importable path, not __main__",
                           hint="name the class by the module it is defined in, e.g. mypkg.models.Net")
-    from .._cli_args import import_object
+    from .._internal.imports import import_object
 
     return import_object(path, label)
 
@@ -160,10 +172,8 @@ class FactorySource(ModelSource):
 
     def build(self, optim: dict[str, Any], targets: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
         """A two-parameter factory also gets the sampled ``{"model": {...}, "data": {...}}`` (see _targets.py)."""
-        from ._targets import accepts_targets
-
         who = f"the factory {getattr(self.factory, '__name__', '')}()"
-        if accepts_targets(self):
+        if positional_count(self.factory) >= 2:
             extra = {k: copy.deepcopy(dict((targets or {}).get(k) or {})) for k in ("model", "data")}
             return _check_pair(self.factory(copy.deepcopy(optim), extra), who)
         return _check_pair(self.factory(copy.deepcopy(optim)), who)
@@ -274,7 +284,7 @@ class ClassSource(ModelSource):
         model_args = merge_nested(self.model_args, targets.get("model") or {})
         data_args = merge_nested(self.data_args, targets.get("data") or {})
         # class_path objects (a backbone nn.Module...) are built afresh for every trial, as LightningCLI does
-        from .._cli_args import instantiate_objects
+        from .._internal.imports import instantiate_objects
 
         model_args = instantiate_objects(model_args, "model_args")
         data_args = instantiate_objects(data_args, "data_args")
@@ -388,7 +398,7 @@ class LightningCLISource(ModelSource):
 
     def write_extras(self, out_dir: Path, optim: dict[str, Any], trainer_kwargs: Mapping[str, Any], seed: int,
                      targets: Mapping[str, Any] | None = None) -> list[Path]:
-        from .._io import atomic_write_bytes
+        from .._internal.io import atomic_write_bytes
 
         path = out_dir / "best_lightningcli.yaml"
         head = (f"# The LightningCLI config of the best trial: the original with {self.cli_config.optim_key} replaced,\n"

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, OptimConfig, did_you_mean, load_config, read_yaml
-from ._space_check import (  # noqa: F401  (re-exported: _tune imports _construct_optimizers from here)
+from ._space_check import (  # noqa: F401  (re-exported: the names this module always offered)
     _CHILD,
     _CLOSED,
     _check_path,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .._internal.errors import format_value
 from ..config import (
     ConfigError,
     LossConfig,
@@ -16,7 +17,6 @@ from ..config import (
     SchedulerConfig,
     did_you_mean,
 )
-from ..config._errors import format_value
 from ._space_param import Param, _witness
 from ._space_parse import TARGET_SECTIONS, Compare, _matches, _overlap, _same, get_path
 from ._space_sample import conditions_hold

@@ -2,7 +2,7 @@
 
 Systematic tuning fixes the learning rate before anything else: it matters most, and the right
 value differs by optimizer by orders of magnitude (SGD ~1, AdamW ~1e-3), so one shared LR range
-wastes most trials on hopeless pairs. :func:`tune_staged` runs, for each candidate optimizer (the
+wastes most trials on hopeless pairs. :func:`staged` turns a request into one that runs, for each candidate optimizer (the
 choices of ``optimizer.name`` in the search space, or the base config's optimizer), the project's
 LR range test (:func:`~lightning_optkit.find_lr`) on the base config with that optimizer, narrows
 its learning rate to ``recommended / factor .. recommended * factor``, and then tunes everything
@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import optuna
-
 from ..config import ConfigError, load_config
+from ._request import TuneRequest
 from ._runner import quiet_lightning
 from ._space import Param, SearchSpace
 
-__all__ = ["RECIPES", "lr_range_for", "tune_staged"]
-
-RECIPES = ("staged",)
+__all__ = ["RECIPES", "lr_range_for", "recipe_for", "staged"]
 
 
 def lr_range_for(source: Any, optim: dict[str, Any], trainer_kwargs: Mapping[str, Any], seed: int,
@@ -86,79 +83,78 @@ def _candidate_config(base: dict[str, Any], name: str, searched: list[Param]) ->
         return plain
 
 
-def tune_staged(args: dict[str, Any]) -> optuna.Study:
-    """Run the staged recipe with :func:`~lightning_optkit.tuning.tune`'s arguments ``args`` (see the module)."""
-    from ._sources import ExampleSource, as_source
-    from ._space import load_search
-
-    args = dict(args)
-    args["recipe"] = None
-    source = as_source(args["model"], example=args["example"], model_args=args["model_args"],
-                       data_args=args["data_args"])
-    search = args["search"]
-    if search is None and isinstance(source, ExampleSource):
-        search = source.name
-    if search is None:
-        raise ConfigError("search", None, "a search space with optimizer.lr for recipe='staged'")
-    space, search_base = load_search(search)
+def staged(request: TuneRequest) -> TuneRequest:
+    """The staged recipe (see the module): ``request`` with each candidate optimizer's LR range narrowed by an
+    LR range test, the candidates first in the queue, and the ranges kept for the study's ``optkit.staged``."""
+    space, base = request.space, request.base
     lr_param = space.params.get("optimizer.lr")
     if lr_param is None or lr_param.kind != "float":
         raise ConfigError("search.optimizer.lr", None if lr_param is None else lr_param.to_spec(),
                           "a float range for optimizer.lr: the staged recipe narrows it with an LR range test")
-    config = args["config"] if args["config"] is not None else (source.base_config() or search_base)
-    base = load_config(config, args["overrides"]).to_dict()
     name_param = space.params.get("optimizer.name")
     if name_param is not None and name_param.kind == "categorical":
         candidates = [str(c) for c in name_param.choices]
     else:
         candidates = [str(base["optimizer"]["name"])]
-    trainer_kwargs = {**source.trainer_defaults(), **dict(args["trainer_kwargs"] or {})}
-    seed = args["seed"] if args["seed"] is not None else (source.seed() if source.seed() is not None else 0)
-
     spec = space.to_dict()
     lr_spec = spec.pop("optimizer.lr")
     lr_when = dict(lr_spec.pop("when", None) or {})
-    staged: dict[str, Any] = {}
+    staged_attr: dict[str, Any] = {}
     firsts: list[dict[str, Any]] = []
     for cand in candidates:
         active = [p for k, p in space.params.items() if space.is_active(k, {"optimizer.name": cand}, base)]
         optim = _candidate_config(base, cand, active)
-        with quiet_lightning(args["verbose"]):
-            found = lr_range_for(source, optim, trainer_kwargs, seed)
-        narrowed = {k: v for k, v in lr_spec.items() if k != "step"}
+        with quiet_lightning(request.verbose):
+            found = lr_range_for(request.source, optim, request.trainer_kwargs, request.seed)
+        narrowed, record, note = _narrow(lr_param, lr_spec, found)
         if found is not None:
-            lr, low, high, steps = found
-            if lr_param.low < high and lr_param.high > low:
-                low, high = max(low, lr_param.low), min(high, lr_param.high)  # inside the user's own range
-                lr = min(max(lr, low), high)
-                narrowed.update(low=low, high=high, log=True)
-                note = f"LR range test ({steps} steps): {lr:.3g} -> optimizer.lr in [{low:.3g}, {high:.3g}]"
-            else:  # the recommendation lies outside the user's range: the range stands, the start at its edge
-                shown = lr
-                low, high = lr_param.low, lr_param.high
-                lr = min(max(lr, low), high)
-                narrowed = dict(lr_spec)
-                note = (f"LR range test ({steps} steps): {shown:.3g} lies outside your optimizer.lr range "
-                        f"[{low:.3g}, {high:.3g}]; the range is kept, the first trial starts at {lr:.3g}")
-            optim["optimizer"]["lr"] = lr
-            staged[cand] = {"recommended_lr": lr, "lr_range": [low, high], "range_test_steps": steps}
-        else:
-            narrowed = dict(lr_spec)
-            staged[cand] = {"recommended_lr": None, "lr_range": None, "range_test_steps": None}
-            note = "LR range test: no suggestion; the original optimizer.lr range is kept"
+            optim["optimizer"]["lr"] = record["recommended_lr"]
+        staged_attr[cand] = record
         key = "optimizer.lr" if len(candidates) == 1 else f"optimizer.lr@{cand}"
         when = {**lr_when, **({} if len(candidates) == 1 else {"optimizer.name": cand})}
         spec[key] = {**narrowed, **({"when": when} if when else {})}
         firsts.append(optim)
-        if args["progress"] is not False:
+        if request.progress is not False:
             print(f"optkit tune (staged): {cand}: {note}", flush=True)
+    return request.with_space(SearchSpace.from_dict(spec), [*firsts, *request.first_configs], enqueue_base=False,
+                              study_attrs={**request.study_attrs, "optkit.staged": staged_attr})
 
-    kwargs = {**args, "search": SearchSpace.from_dict(spec), "config": base, "overrides": None,
-              "enqueue_base": False, "enqueue": [*firsts, *(args.get("enqueue") or ())]}
-    if args["example"] is not None:
-        kwargs["model"], kwargs["example"], kwargs["model_args"], kwargs["data_args"] = source, None, None, None
-    from ._tune import tune
 
-    study = tune(**kwargs)
-    study.set_user_attr("optkit.staged", staged)
-    return study
+def _narrow(lr_param: Param, lr_spec: dict[str, Any], found: tuple[float, float, float, int] | None
+            ) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """One candidate's ``optimizer.lr`` spec, its ``optkit.staged`` record and the line that reports it."""
+    if found is None:
+        return (dict(lr_spec), {"recommended_lr": None, "lr_range": None, "range_test_steps": None},
+                "LR range test: no suggestion; the original optimizer.lr range is kept")
+    lr, low, high, steps = found
+    narrowed = {k: v for k, v in lr_spec.items() if k != "step"}
+    if lr_param.low < high and lr_param.high > low:
+        low, high = max(low, lr_param.low), min(high, lr_param.high)  # inside the user's own range
+        lr = min(max(lr, low), high)
+        narrowed.update(low=low, high=high, log=True)
+        note = f"LR range test ({steps} steps): {lr:.3g} -> optimizer.lr in [{low:.3g}, {high:.3g}]"
+    else:  # the recommendation lies outside the user's range: the range stands, the start at its edge
+        shown = lr
+        low, high = lr_param.low, lr_param.high
+        lr = min(max(lr, low), high)
+        narrowed = dict(lr_spec)
+        note = (f"LR range test ({steps} steps): {shown:.3g} lies outside your optimizer.lr range "
+                f"[{low:.3g}, {high:.3g}]; the range is kept, the first trial starts at {lr:.3g}")
+    return narrowed, {"recommended_lr": lr, "lr_range": [low, high], "range_test_steps": steps}, note
+
+
+RECIPES: dict[str, Callable[[TuneRequest], TuneRequest]] = {"staged": staged}
+
+
+def recipe_for(name: str | None) -> Callable[[TuneRequest], TuneRequest] | None:
+    """The recipe ``tune(recipe=name)`` applies to its request (``None``: none).
+
+    Example:
+        >>> recipe_for("staged") is staged, recipe_for(None)
+        (True, None)
+    """
+    if name is None:
+        return None
+    if name not in RECIPES:
+        raise ConfigError("recipe", name, "one of " + ", ".join(RECIPES) + ", or None")
+    return RECIPES[name]

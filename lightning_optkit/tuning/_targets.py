@@ -25,9 +25,9 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from .._cli_args import signature_defaults
+from .._internal.imports import signature_defaults
 from ..config import ConfigError, did_you_mean
-from ._sources import ClassSource, ExampleSource, FactorySource, LightningCLISource, ModelSource
+from ._sources import ClassSource, ExampleSource, FactorySource, LightningCLISource, ModelSource, positional_count
 from ._space import Param, SearchSpace, target_section
 
 __all__ = ["accepts_targets", "build_source", "target_classes", "target_defaults", "validate_targets"]
@@ -39,17 +39,6 @@ _RESERVED_TRAINER = {"logger": "each trial logs to its own TensorBoard run",
 _SEQUENCES = (list, tuple, cabc.Sequence, cabc.MutableSequence, typing.List, typing.Tuple, typing.Sequence)  # noqa: UP006
 
 
-def _positional_count(fn: Any) -> int:
-    """How many positional arguments ``fn`` takes (a large number for ``*args``)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return 1
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-        return 99
-    return sum(p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in params)
-
-
 def accepts_targets(source: ModelSource) -> bool:
     """Whether ``source`` can receive sampled ``model.``/``data.`` values (its build takes a second argument).
 
@@ -59,8 +48,8 @@ def accepts_targets(source: ModelSource) -> bool:
         (True, False)
     """
     if isinstance(source, FactorySource):
-        return _positional_count(source.factory) >= 2
-    return _positional_count(source.build) >= 2
+        return positional_count(source.factory) >= 2
+    return positional_count(source.build) >= 2
 
 
 def build_source(source: ModelSource, optim: dict[str, Any], targets: Mapping[str, Any] | None = None

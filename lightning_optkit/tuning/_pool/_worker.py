@@ -1,6 +1,6 @@
-"""One trial in a fresh process: ``python -m lightning_optkit.tuning._worker --study NAME --out DIR ...``.
+"""One trial in a fresh process: ``python -m lightning_optkit.tuning._pool._worker --study NAME --out DIR ...``.
 
-Started by the :class:`~lightning_optkit.tuning._launcher.Launcher`, one per trial: it opens the
+Started by the :class:`~lightning_optkit.tuning._pool._launcher.Launcher`, one per trial: it opens the
 shared storage (its URL comes in the ``OPTKIT_STORAGE_URL`` environment variable, never on the
 command line), rebuilds the plan from the study's ``optkit.plan`` attribute, asks for a trial,
 records who runs it (``optkit.worker``: token, host, pid, slot, ``CUDA_VISIBLE_DEVICES``), trains
@@ -25,16 +25,17 @@ import os
 import pickle
 import sys
 import traceback
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ._protocol import ENV_STORAGE_URL, ENV_TOKEN, EXIT_NO_TRIAL, EXIT_TRIAL_ERROR, WORKER_KEY, WORKER_MODULE
 
 __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lightning_optkit.tuning._worker", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=f"python -m {WORKER_MODULE}", description=__doc__.splitlines()[0])
     p.add_argument("--study", required=True)
     p.add_argument("--out", required=True, help="the study's output folder")
     p.add_argument("--objects", help="pickle with the sampler and pruner")
@@ -64,15 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     import optuna
 
-    from ._budget import Budget, claim_trial, process_record
-    from ._dist import DistributedContext, Stop
-    from ._launcher import EXIT_NO_TRIAL, WORKER_KEY
-    from ._runner import TrialPlan, TrialRunner, quiet_lightning
-    from ._study import redact_url, resolve_storage
+    from .._budget import Budget, claim_trial, process_record
+    from .._dist import DistributedContext, Stop
+    from .._runner import TrialPlan, TrialRunner, quiet_lightning
+    from .._storage import redact_url, resolve_storage
 
-    url = os.environ.get("OPTKIT_STORAGE_URL")
+    url = os.environ.get(ENV_STORAGE_URL)
     if not url:
-        print("optkit worker: OPTKIT_STORAGE_URL is not set", file=sys.stderr)
+        print(f"optkit worker: {ENV_STORAGE_URL} is not set", file=sys.stderr)
         return 2
     sampler = pruner = None
     if args.objects and Path(args.objects).exists():
@@ -112,14 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             dist.broadcast(Stop(study_name=args.study))
 
-    from ._optuna_private import fail_stale_trials, heartbeat_enabled, set_trial_user_attr, storage_of
+    from .._optuna_private import fail_stale_trials, heartbeat_enabled, set_trial_user_attr, storage_of
 
     if heartbeat_enabled(storage_of(study)):
         fail_stale_trials(study)
 
     def record(trial: optuna.trial.Trial) -> None:  # who runs the trial: its liveness record (see _budget.py)
         set_trial_user_attr(study, trial, WORKER_KEY, process_record(
-            token=os.environ.get("OPTKIT_TOKEN"), slot=args.slot, devices=os.environ.get("CUDA_VISIBLE_DEVICES")))
+            token=os.environ.get(ENV_TOKEN), slot=args.slot, devices=os.environ.get("CUDA_VISIBLE_DEVICES")))
 
     try:
         with quiet_lightning(args.verbose):
@@ -136,9 +136,9 @@ def _reevaluate(study: Any, runner: Any, args: argparse.Namespace) -> int:
     """Train a finished trial's config with another seed (no trial is asked for); write the result record."""
     import json
 
-    from .._io import atomic_write_bytes
-    from ._reeval import Job, train_job
-    from ._runner import quiet_lightning
+    from ..._internal.io import atomic_write_bytes
+    from .._reeval import Job, train_job
+    from .._runner import quiet_lightning
 
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == args.reeval_trial), None)
     if trial is None or args.reeval_seed is None or not args.result:
@@ -152,34 +152,33 @@ def _reevaluate(study: Any, runner: Any, args: argparse.Namespace) -> int:
 
 
 def _run(study: Any, trial: Any, runner: Any, catch: Sequence[str]) -> int:
-    """Train the claimed trial (beating while it trains) and tell its result; returns the exit code."""
+    """Train the claimed trial (beating while it trains) and tell its result; returns the exit code.
+
+    Ctrl-C or ``SystemExit`` leaves the trial RUNNING: the launcher sees the process die, fails it and retries it.
+    """
     import optuna
 
-    from ._launcher import EXIT_TRIAL_ERROR
-    from ._optuna_private import heartbeat_thread
+    from .._optuna_private import heartbeat_thread
+    from .._runner import run_and_tell
 
-    code = 0
+    def objective(t: Any) -> Any:
+        with heartbeat_thread(study, t):
+            return runner(t)
+
     try:
-        try:
-            with heartbeat_thread(study, trial):
-                value = runner(trial)
-        except optuna.TrialPruned:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        except Exception as exc:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            caught = any(f"{cls.__module__}.{cls.__qualname__}" in catch for cls in type(exc).__mro__)
-            traceback.print_exc()
-            print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            code = 0 if caught else EXIT_TRIAL_ERROR
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                study.tell(trial, value)
+        _frozen, exc = run_and_tell(study, trial, objective, quiet_tell=True, fail_interrupted=False)
     except optuna.exceptions.UpdateFinishedTrialError:
         # another process failed this trial meanwhile (its heartbeat looked stale): a retry is queued
         print(f"optkit worker: trial {trial.number} was failed by another process; its result is dropped",
               file=sys.stderr, flush=True)
-    return code
+        return 0
+    if exc is None:
+        return 0
+    caught = any(f"{cls.__module__}.{cls.__qualname__}" in catch for cls in type(exc).__mro__)
+    traceback.print_exception(type(exc), exc, exc.__traceback__)
+    print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    return 0 if caught else EXIT_TRIAL_ERROR
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,7 +1,7 @@
 """A pre-imported fork server for trial processes: fresh processes without paying the imports each time.
 
 Importing torch, Lightning and Optuna takes seconds; a trial process that starts from nothing pays
-that every trial. The launcher starts this server once (``python -m lightning_optkit.tuning._zygote``):
+that every trial. The launcher starts this server once (``python -m lightning_optkit.tuning._pool._fork_server``):
 it imports them, then reads one JSON request per line on stdin ``{"argv": [...], "env": {...},
 "log": PATH}``, forks a child for each -- a new process that has never run a trial, in its own
 session, with the request's environment (``CUDA_VISIBLE_DEVICES`` is read when CUDA starts, which
@@ -23,7 +23,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Zygote", "ZygoteChild"]
+from ._protocol import FORK_SERVER_MODULE
+
+__all__ = ["ForkServer", "ForkedChild"]
 
 
 def _child(request: dict[str, Any]) -> None:  # pragma: no cover - runs in the forked process
@@ -68,7 +70,8 @@ def serve() -> None:  # pragma: no cover - the server process
     import optuna  # noqa: F401
     import torch  # noqa: F401
 
-    from . import _runner, _worker  # noqa: F401
+    from .._runner import TrialRunner  # noqa: F401
+    from ._worker import main  # noqa: F401
 
     out = sys.stdout
     out.write(json.dumps({"ready": os.getpid()}) + "\n")
@@ -101,32 +104,32 @@ def serve() -> None:  # pragma: no cover - the server process
                 out.flush()
 
 
-class ZygoteChild:
-    """A Popen-like handle (``pid``, ``poll``, ``wait``) on a process forked by the :class:`Zygote`."""
+class ForkedChild:
+    """A Popen-like handle (``pid``, ``poll``, ``wait``) on a process forked by the :class:`ForkServer`."""
 
-    def __init__(self, zygote: Zygote, pid: int) -> None:
-        self._zygote, self.pid = zygote, pid
+    def __init__(self, server: ForkServer, pid: int) -> None:
+        self._server, self.pid = server, pid
 
     def poll(self) -> int | None:
-        return self._zygote.exits.get(self.pid)
+        return self._server.exits.get(self.pid)
 
     def wait(self, timeout: float | None = None) -> int:
-        if not self._zygote.exited(self.pid).wait(timeout):
+        if not self._server.exited(self.pid).wait(timeout):
             raise subprocess.TimeoutExpired(f"trial process {self.pid}", timeout or 0)
-        return self._zygote.exits[self.pid]
+        return self._server.exits[self.pid]
 
 
-class Zygote:
+class ForkServer:
     """The launcher's side of the fork server (see the module docstring).
 
     Example:
-        >>> z = Zygote()                                    # doctest: +SKIP
+        >>> z = ForkServer()                                    # doctest: +SKIP
         >>> child = z.start(["--study", "s", "--out", "o"], dict(os.environ), Path("o/w.log"))  # doctest: +SKIP
         >>> child.wait()                                    # doctest: +SKIP
     """
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "lightning_optkit.tuning._zygote"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", FORK_SERVER_MODULE], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
         self.exits: dict[int, int] = {}
         self._events: dict[int, threading.Event] = {}
@@ -163,7 +166,7 @@ class Zygote:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def start(self, argv: list[str], env: dict[str, str], log: Path, timeout: float = 120.0) -> ZygoteChild | None:
+    def start(self, argv: list[str], env: dict[str, str], log: Path, timeout: float = 120.0) -> ForkedChild | None:
         """Fork a trial process; ``None`` when the server is not available (then start it another way)."""
         if not self._ready.wait(timeout) or not self.alive():
             return None
@@ -180,7 +183,7 @@ class Zygote:
             return None
         if not started.wait(timeout) or rid not in self._pids:
             return None
-        return ZygoteChild(self, self._pids[rid])
+        return ForkedChild(self, self._pids[rid])
 
     def close(self) -> None:
         """Stop the server (its running children are not touched: they belong to the launcher's pool)."""

@@ -5,7 +5,7 @@ from one trial into the next, and every trial sees every GPU. Here the study liv
 storage (a journal file on one machine, PostgreSQL/MySQL across machines) and the launcher keeps a
 pool of *slots* busy: each slot is a set of GPUs (``CUDA_VISIBLE_DEVICES``) or, on a CPU-only
 machine, a share of the CPU threads (``OMP_NUM_THREADS``). For every free slot it starts
-``python -m lightning_optkit.tuning._worker``, which asks the study for one trial, trains it and
+``python -m lightning_optkit.tuning._pool._worker``, which asks the study for one trial, trains it and
 tells the result, then exits -- so all its memory is released.
 
 The budget: every worker *claims* its trial (:func:`~lightning_optkit.tuning._budget.claim_trial`)
@@ -47,9 +47,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import ConfigError
-from ._budget import FINISHED, describe_running, held_trials, process_alive, stale_trial_numbers
-from ._optuna_private import (
+from .._budget import FINISHED, describe_running, held_trials, process_alive, stale_trial_numbers
+from .._optuna_private import (
     fail_stale_trials,
     heartbeat_enabled,
     reload_trial,
@@ -57,125 +56,27 @@ from ._optuna_private import (
     set_trial_user_attr,
     storage_of,
 )
+from ._fork_server import ForkServer
+from ._protocol import (
+    ATTEMPT_KEY,
+    ENV_FORK_SERVER,
+    ENV_STORAGE_URL,
+    ENV_TOKEN,
+    EXIT_NO_TRIAL,
+    EXIT_TRIAL_ERROR,
+    FAIL_REASON_KEY,
+    ORPHAN_AFTER_S,
+    RETRY_OF_KEY,
+    WORKER_KEY,
+    WORKER_MODULE,
+)
+from ._slots import DeviceSlot
 
-__all__ = ["DeviceSlot", "Launcher", "TrialProcessError", "fail_and_retry", "plan_slots"]
-
-WORKER_KEY = "optkit.worker"      # user attribute: {"token", "host", "pid", "pid_start", "slot", "devices"}: who runs it
-ATTEMPT_KEY = "optkit.attempt"    # 1 for a first try, 2 for its first retry...
-RETRY_OF_KEY = "optkit.retry_of"  # the number of the trial this one retries
-EXIT_TRIAL_ERROR = 3              # the worker's exit code when the trial raised (it told FAIL itself)
-EXIT_NO_TRIAL = 4                 # the worker's exit code when the study's budget had no place left for a trial
-ORPHAN_AFTER_S = 60.0             # a RUNNING trial with no worker record this old lost its process before it said who
+__all__ = ["Launcher", "TrialProcessError", "fail_and_retry"]
 
 
 class TrialProcessError(RuntimeError):
     """A trial raised in its worker process (its message and log file are in the text); the study stopped."""
-
-
-@dataclass(frozen=True)
-class DeviceSlot:
-    """What one trial may use: GPU ids (``CUDA_VISIBLE_DEVICES``) or, without GPUs, CPU threads.
-
-    A trial runs on :attr:`size` devices: its GPUs, or on a CPU-only slot ``processes`` DDP
-    processes of ``threads`` threads each. More than one means DDP inside the trial.
-
-    Example:
-        >>> DeviceSlot(0, ("2", "3")).env()["CUDA_VISIBLE_DEVICES"]
-        '2,3'
-        >>> DeviceSlot(1, (), threads=4).env()["OMP_NUM_THREADS"]
-        '4'
-        >>> DeviceSlot(0, (), threads=2, processes=2).size
-        2
-    """
-
-    index: int
-    devices: tuple[str, ...]
-    threads: int | None = None
-    processes: int = 1
-
-    @property
-    def size(self) -> int:
-        """The trial's devices: its GPUs, or its CPU processes."""
-        return len(self.devices) or self.processes
-
-    def env(self) -> dict[str, str]:
-        """The environment variables that pin a process to this slot."""
-        env: dict[str, str] = {"OPTKIT_SLOT": str(self.index)}
-        if self.devices:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.devices)
-        else:
-            env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU slot sees no GPU
-        if self.threads is not None:
-            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-                env[var] = str(self.threads)
-        return env
-
-
-def _parse_devices(devices: Any) -> list[str] | None:
-    """``None``/``"cpu"`` -> no GPU; ``"auto"`` -> ``torch.cuda.device_count()`` GPUs; a list or ``"0,1"`` -> those ids."""
-    if devices is None:
-        return None
-    if isinstance(devices, str):
-        text = devices.strip().lower()
-        if text == "cpu":
-            return []
-        if text == "auto":
-            import torch
-
-            return [str(i) for i in range(torch.cuda.device_count())]
-        parts = [p.strip() for p in devices.split(",") if p.strip()]
-    elif isinstance(devices, int) and not isinstance(devices, bool):
-        raise ConfigError("devices", devices, "'auto', 'cpu' or a list of device ids such as [0, 1] or '0,1'",
-                          hint="a number would be ambiguous (a count or an id?); write devices='0,1,2,3'")
-    elif isinstance(devices, (list, tuple)):
-        parts = [str(p).strip() for p in devices]
-    else:
-        raise ConfigError("devices", devices, "'auto', 'cpu' or a list of device ids such as [0, 1] or '0,1'")
-    if not parts or any(not p for p in parts) or len(set(parts)) != len(parts):
-        raise ConfigError("devices", devices, "distinct device ids, e.g. [0, 1, 2, 3]")
-    return parts
-
-
-def plan_slots(workers: int | None, devices: Any = "auto", devices_per_trial: int = 1,
-               cpu_count: int | None = None, threads: int | None = None) -> list[DeviceSlot]:
-    """Split the devices into slots of ``devices_per_trial``; without GPUs, split the CPU threads among ``workers``.
-
-    Without GPUs, ``devices_per_trial > 1`` runs each trial as that many DDP processes on the CPU
-    (gloo), the threads split among all of them.
-
-    ``workers=None`` means one worker per slot (GPUs), or one on a CPU-only machine.
-
-    Raises:
-        ConfigError: more workers than slots, a device list that does not divide into slots.
-
-    Example:
-        >>> [s.devices for s in plan_slots(None, devices=[0, 1, 2, 3], devices_per_trial=2)]
-        [('0', '1'), ('2', '3')]
-        >>> [s.threads for s in plan_slots(2, devices="cpu", cpu_count=8)]
-        [4, 4]
-        >>> [(s.processes, s.threads) for s in plan_slots(1, devices="cpu", devices_per_trial=2, cpu_count=8)]
-        [(2, 4)]
-    """
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ConfigError("workers", workers, "a positive number of trial processes running at once")
-    if isinstance(devices_per_trial, bool) or not isinstance(devices_per_trial, int) or devices_per_trial < 1:
-        raise ConfigError("devices_per_trial", devices_per_trial, "a positive integer")
-    ids = _parse_devices(devices)
-    if ids:
-        if len(ids) % devices_per_trial:
-            raise ConfigError("devices_per_trial", devices_per_trial,
-                              f"a divisor of the {len(ids)} devices {','.join(ids)}",
-                              hint="each trial gets its own devices_per_trial devices; leftovers would sit idle")
-        n_slots = len(ids) // devices_per_trial
-        if workers is not None and workers > n_slots:
-            raise ConfigError("workers", workers, f"at most {n_slots} worker(s): {len(ids)} device(s) in slots of "
-                              f"{devices_per_trial}", hint="no two running trials share a device")
-        n = workers or n_slots
-        return [DeviceSlot(i, tuple(ids[i * devices_per_trial:(i + 1) * devices_per_trial])) for i in range(n)]
-    n = workers or 1
-    cpus = cpu_count or os.cpu_count() or 1
-    share = threads if threads is not None else max(1, cpus // (n * devices_per_trial))
-    return [DeviceSlot(i, (), threads=share, processes=devices_per_trial) for i in range(n)]
 
 
 def _attempt(trial: FrozenTrial) -> int:
@@ -189,7 +90,7 @@ def fail_and_retry(study: optuna.Study, trial: FrozenTrial, max_retries: int, re
     trial that finished meanwhile (then it does nothing).
     """
     try:  # the reason first: a journal refuses (and replays the refusal of) any write to a finished trial
-        set_trial_user_attr(study, trial, "optkit.fail_reason", reason)
+        set_trial_user_attr(study, trial, FAIL_REASON_KEY, reason)
         changed = set_trial_failed(study, trial)
     except optuna.exceptions.UpdateFinishedTrialError:  # it finished meanwhile
         return None
@@ -208,7 +109,7 @@ def fail_and_retry(study: optuna.Study, trial: FrozenTrial, max_retries: int, re
 class _Child:
     token: str
     slot: DeviceSlot
-    proc: Any  # subprocess.Popen, or a ZygoteChild (the same pid/poll/wait)
+    proc: Any  # subprocess.Popen, or a ForkedChild (the same pid/poll/wait)
     log: Path
     started: float
     seen: bool = False
@@ -246,7 +147,7 @@ class Launcher:
     verbose: bool = False
     on_trial_end: Callable[[optuna.Study, FrozenTrial], None] | None = None
     poll: float = 0.25
-    fork_server: bool = field(default_factory=lambda: os.environ.get("OPTKIT_FORK_SERVER", "1") != "0")
+    fork_server: bool = field(default_factory=lambda: os.environ.get(ENV_FORK_SERVER, "1") != "0")
     children: list[_Child] = field(default_factory=list)
     crashes: int = 0
     ran: int = 0  # trials this launcher's processes finished (COMPLETE or PRUNED)
@@ -263,7 +164,7 @@ class Launcher:
         self._error: str | None = None
         self._deadline = None if self.timeout is None else time.monotonic() + self.timeout
         self._last_sweep = 0.0
-        self._zygote: Any = None
+        self._server: Any = None
         self._idle_until = 0.0  # after a worker found no place in the budget: wait before starting another
         self._settle_since: float | None = None
 
@@ -294,9 +195,9 @@ class Launcher:
         """Stop the fork server and remove the pickled sampler/pruner (safe to call twice)."""
         with contextlib.suppress(OSError):
             self._objects.unlink()
-        if self._zygote is not None:
-            self._zygote.close()
-            self._zygote = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
     def reevaluate(self, jobs: Sequence[Any]) -> Iterator[tuple[Any, dict[str, Any] | None]]:
         """Run re-evaluation jobs (:class:`~lightning_optkit.tuning._reeval.Job`) on the slots, one process each.
@@ -389,11 +290,11 @@ class Launcher:
         token = f"{self._id}-{uuid.uuid4().hex[:8]}"
         env = dict(os.environ)
         env.update(slot.env())
-        env["OPTKIT_STORAGE_URL"] = self.storage_url  # not on the command line: `ps` shows arguments to everyone
-        env["OPTKIT_TOKEN"] = token
+        env[ENV_STORAGE_URL] = self.storage_url  # not on the command line: `ps` shows arguments to everyone
+        env[ENV_TOKEN] = token
         paths = [p for p in sys.path if p and os.path.isdir(p)]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([os.getcwd(), *paths]))
-        cmd = [sys.executable, "-m", "lightning_optkit.tuning._worker", "--study", self.study.study_name,
+        cmd = [sys.executable, "-m", WORKER_MODULE, "--study", self.study.study_name,
                "--out", str(self.out_dir), "--objects", str(self._objects), "--slot", str(slot.index)]
         if slot.threads is not None:
             cmd += ["--threads", str(slot.threads)]
@@ -417,11 +318,9 @@ class Launcher:
         log = self._dir / f"{token}.log"
         proc: Any = None
         if self.fork_server and slot.size == 1:  # DDP re-runs the command line: several devices need one
-            if self._zygote is None:
-                from ._zygote import Zygote
-
-                self._zygote = Zygote()
-            proc = self._zygote.start(cmd[3:], env, log)
+            if self._server is None:
+                self._server = ForkServer()
+            proc = self._server.start(cmd[3:], env, log)
             if proc is None:  # the fork server could not start: plain processes from now on
                 self.fork_server = False
         if proc is None:
