@@ -23,16 +23,21 @@ beside it.
    (steepest ``torch.gradient(loss, spacing=lrs)`` of the smoothed curve, skip 10 first / 1 last) is
    computed on the optkit curve. For optkit rules the scored LR is the recommended (schedule-aware)
    LR; baselines are used as the constant LR a user would configure. Reported per half: mean,
-   median and worst regret, tasks within 0.1, and the spread (decades) of the 3 seeds' LRs; how
-   often the default's interval holds the best grid LR; coin-flip oracles (a grid LR where one seed
-   succeeds, regret <= 0.1, and another fails, >= 0.5; flagged at the best LR or at > 2 LRs).
-4. ``--tune`` re-chooses ``guarded``'s constants (margin, rise, steepest divisor) and the per-schedule
-   peak exponent on the development half only, and says whether they equal those in ``_rules.py``.
+   median and worst regret, tasks within 0.1, and the spread (decades) of the 3 seeds' LRs; the
+   default's interval, in the units of the LR to configure (a schedule's peak): how often it holds
+   the best grid LR (within half a grid step, and strictly), how often every LR in it scores within
+   0.1, its median width in decades; coin-flip oracles (a grid LR where one seed succeeds, regret
+   <= 0.1, and another fails, >= 0.5; flagged at the best LR or at > 2 LRs).
+4. ``--tune`` re-chooses ``guarded``'s constants (margin, rise, steepest divisor, the rise's noise
+   floor, the evidence agreement), the per-schedule peak exponent and the interval's widening on the
+   development half only, and says whether they equal those in ``_rules.py``. Every change from the
+   plain rule must gain 0.01 mean regret on the whole half with no fewer tasks within 0.1.
 
 Cache: ``benchmarks/.cache/lr_finder_quality.json``, one entry per task keyed by a hash of the task's
 code and settings (and of the range-test code for the curves); ``--refresh`` rebuilds everything,
 ``--build-only`` fills the cache and stops. Run: ``python benchmarks/lr_finder_quality.py --tune``
-(about 5 minutes with an empty cache on 2 shared CPU cores, seconds from the cache).
+(about 6 minutes with an empty cache on 2 shared CPU cores; from the cache about 10 s, 15-60 s with
+``--tune``).
 """
 
 from __future__ import annotations
@@ -368,12 +373,12 @@ def _curve(c: dict[str, Any]) -> Any:
 
 def optkit_pick(rule: str, source: str = "optkit", **kw: Any) -> Callable[[dict[str, Any], int], float | None]:
     """The LR optkit recommends with ``rule``: old rules times the schedule factor, ``guarded`` via ``schedule_peak``."""
-    from lightning_optkit.lr_finder import _rules
+    from lightning_optkit.lr_finder import _rules, _verdict
 
     def pick(entry: dict[str, Any], seed: int) -> float | None:
         c = entry[source][seed]
         curve = _curve(c)
-        if _rules.diverged_at_once(curve):  # find_lr gives no suggestion then
+        if _verdict.diverged_at_once(curve):  # find_lr gives no suggestion then
             return None
         if rule != "guarded":
             lr = _rules.RULES[rule].fn(curve)
@@ -426,9 +431,23 @@ def summary(per_task: dict[str, Any]) -> dict[str, float]:
             "spread": statistics.fmean(spreads) if spreads else math.nan}
 
 
-def tune(cache: dict[str, Any], dev: list[str], log: Callable[[str], None]) -> dict[str, Any]:
-    """Choose ``guarded``'s margin, rise and steepest divisor, then each schedule's peak exponent, on the
-    development half (scheduled tasks score the constant suggestion in the first step)."""
+@contextlib.contextmanager
+def _constants(**values: float) -> Any:
+    """Set module constants of ``_rules`` (``RISE_NOISE_Z``, ``AGREEMENT_DECADES``...) for a block."""
+    from lightning_optkit.lr_finder import _rules
+
+    saved = {k: getattr(_rules, k) for k in values}
+    for k, v in values.items():
+        setattr(_rules, k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(_rules, k, v)
+
+
+def _tune_guarded(cache: dict[str, Any], dev: list[str], log: Callable[[str], None]) -> tuple[float, float, float]:
+    """``guarded``'s margin, rise and steepest divisor: most dev tasks within 0.1, then lowest mean regret."""
     trials = {}
     for margin in (2.0, 3.0, 4.0, 6.0, 8.0, 12.0):
         for rise in (0.05, 0.1, 0.25, 0.5):
@@ -440,17 +459,70 @@ def tune(cache: dict[str, Any], dev: list[str], log: Callable[[str], None]) -> d
     for k in ranked[:8]:
         log(f"  tune margin {k[0]:>4} rise {k[1]:<4} steepest/{k[2]:.0f}: mean {trials[k][1]:.3f}, "
             f"within {-trials[k][0]}/{len(dev)}")
-    margin, rise, div = ranked[0]
+    return ranked[0]
+
+
+def _tune_noise(cache: dict[str, Any], dev: list[str], kw: dict[str, float], log: Callable[[str], None]) -> dict[str, float]:
+    """The rise's noise floor (``RISE_NOISE_Z``) and the evidence agreement (``AGREEMENT_DECADES``, inf: off).
+    The plain rule (0, inf) is kept unless a pair beats it by >= 0.01 mean regret, no fewer tasks within 0.1;
+    among those that do, the pair with the most tasks within 0.1, then the lowest mean, then the mildest."""
+    trials = {}
+    for z in (0.0, 3.0, 4.0, 5.0, 6.0, 8.0):
+        for dec in (math.inf, 0.75, 1.0, 1.5, 2.0):
+            with _constants(RISE_NOISE_Z=z, AGREEMENT_DECADES=dec):
+                s = summary(score(cache, dev, _constant(optkit_pick("guarded", **kw))))
+            trials[(z, dec)] = (-s["within"], round(s["mean"], 3))
+            log(f"  tune rise noise z {z:<3} agreement {dec:<4} decades: mean {s['mean']:.3f}, within {s['within']}/{len(dev)}")
+    plain = trials[(0.0, math.inf)]
+    better = [k for k in trials if trials[k][1] <= plain[1] - 0.01 and trials[k][0] <= plain[0]]
+    if not better:
+        return {"RISE_NOISE_Z": 0.0, "AGREEMENT_DECADES": math.inf}
+    # most tasks within, lowest mean; ties go to the middle of the plateau of equal scores
+    top = min(trials[k] for k in better)
+    tied = sorted(k for k in better if trials[k] == top)
+    z, dec = tied[len(tied) // 2]
+    return {"RISE_NOISE_Z": z, "AGREEMENT_DECADES": dec}
+
+
+def _tune_exponents(cache: dict[str, Any], dev: list[str], kw: dict[str, float],
+                    log: Callable[[str], None]) -> dict[str, float]:
+    """Each schedule's peak exponent (0, 0.5, 1): leaving the mean-LR rule (1) needs a gain of 0.01 on the
+    mean regret of the whole development half (the bar every change has), not just of the schedule's few
+    tasks. A schedule with no development task keeps ``_rules.PEAK_EXPONENT``."""
     exponents: dict[str, float] = {}
     for kind in sorted({cache["curves"][n]["optkit"][0]["schedule"] for n in dev} - {"constant"}):
         names = [n for n in dev if cache["curves"][n]["optkit"][0]["schedule"] == kind]
-        peaks = {a: summary(score(cache, names, optkit_pick("guarded", margin=margin, rise=rise, steepest_divisor=div,
-                                                            exponents={kind: a})))["mean"] for a in (0.0, 0.5, 1.0)}
-        # leave the mean-LR rule (exponent 1) only for a gain of at least 0.01 mean regret
-        exponents[kind] = min(peaks, key=lambda a: peaks[a] + (0.0 if a == 1.0 else 0.01))
+        peaks = {a: summary(score(cache, names, optkit_pick("guarded", **kw, exponents={kind: a})))["mean"]
+                 for a in (0.0, 0.5, 1.0)}
+        share = len(names) / len(dev)
+        exponents[kind] = min(peaks, key=lambda a: (peaks[a] - peaks[1.0]) * share + (0.0 if a == 1.0 else 0.01))
         log(f"  peak exponent for {kind} ({len(names)} dev tasks): " +
             ", ".join(f"{a}: {m:.3f}" for a, m in peaks.items()) + f" -> {exponents[kind]}")
-    return {"margin": margin, "rise": rise, "steepest_divisor": div, "exponents": exponents}
+    return exponents
+
+
+def _tune_widen(cache: dict[str, Any], dev: list[str], log: Callable[[str], None]) -> float:
+    """``INTERVAL_WIDEN``: the smallest factor whose interval holds the best grid LR as often as any factor
+    tried (more width past that point only adds bad LRs to the interval)."""
+    stats = {w: interval_stats(cache, dev, w) for w in (1.25, 1.5, 1.75, 2.0, 2.5, 3.0)}
+    for w, st in stats.items():
+        log(f"  interval widen {w}: holds the best {st['holds']}/{st['k']}, all within 0.1 {st['all_good']}/{st['k']}, "
+            f"median width {st['width']:.2f} decades")
+    most = max(st["holds"] for st in stats.values())
+    return min(w for w, st in stats.items() if st["holds"] == most)
+
+
+def tune(cache: dict[str, Any], dev: list[str], log: Callable[[str], None]) -> dict[str, Any]:
+    """Choose ``guarded``'s margin, rise and steepest divisor, its noise floor and evidence agreement, then
+    each schedule's peak exponent and the interval's widening, on the development half only (scheduled
+    tasks score the constant suggestion in the first two steps)."""
+    margin, rise, div = _tune_guarded(cache, dev, log)
+    kw = {"margin": margin, "rise": rise, "steepest_divisor": div}
+    noise = _tune_noise(cache, dev, kw, log)
+    with _constants(**noise):
+        exponents = _tune_exponents(cache, dev, kw, log)
+        widen = _tune_widen(cache, dev, log)
+    return {**kw, **noise, "exponents": exponents, "INTERVAL_WIDEN": widen}
 
 
 def _constant(pick: Callable[[dict[str, Any], int], float | None]) -> Callable[[dict[str, Any], int], float | None]:
@@ -498,30 +570,69 @@ def report(cache: dict[str, Any], dev: list[str], held: list[str], tasks: dict[s
     return "\n".join(lines)
 
 
-def intervals(cache: dict[str, Any], names: list[str]) -> str:
-    """How honest the default's interval and confidence are on ``names`` (range-test seeds pooled)."""
-    from lightning_optkit.lr_finder import _rules
+def default_interval(c: dict[str, Any], widen: float | None = None) -> tuple[float, float, float] | None:
+    """``(low, high, lr)``: the default's interval and LR for one cached range test, in the units of the
+    LR to configure (a schedule's peak, as ``find_lr`` reports them); ``None`` without a suggestion."""
+    from lightning_optkit.lr_finder import _rules, _verdict
 
-    inside, ends, conf_good, conf_bad = 0, [], [], []
+    curve = _curve(c)
+    lr = _rules.RULES[_default()].fn(curve)
+    saved = _verdict.INTERVAL_WIDEN
+    _verdict.INTERVAL_WIDEN = saved if widen is None else widen
+    try:
+        verdict = _verdict.assess(curve, lr)
+    finally:
+        _verdict.INTERVAL_WIDEN = saved
+    if verdict.interval is None or lr is None:
+        return None
+    rec = lr if c["schedule"] == "constant" else _rules.schedule_peak(curve, lr, c["factor"], c["schedule"])
+    low, high = _verdict.peak_interval(verdict.interval, lr, rec, verdict.margin_lr)
+    return low, high, rec
+
+
+def interval_stats(cache: dict[str, Any], names: list[str], widen: float | None = None) -> dict[str, Any]:
+    """Coverage of the default's interval over the range tests of ``names`` (seeds pooled).
+
+    ``holds``: the best grid LR lies in ``[low, high]`` widened by half a grid step (the oracle knows the
+    best LR to a grid step); ``strict``: without that half step; ``all_good``: every LR in the interval
+    (its ends and the grid LRs inside) scores within 0.1 regret; ``width``: median ``log10(high / low)``.
+    """
+    holds = strict = all_good = 0
+    widths, worse, conf_good, conf_bad = [], [], [], []
     for n in names:
         reg = grid_regret(cache["oracle"][n])
         best = GRID[int(np.argmin(reg))]
         for c in cache["curves"][n]["optkit"]:
-            curve = _curve(c)
-            lr = _rules.RULES[_default()].fn(curve)
-            verdict = _rules.assess(curve, lr)
-            if verdict.interval is None:
+            found = default_interval(c, widen)
+            if found is None:
                 continue
-            low, high = verdict.interval
-            inside += low / 10 ** 0.15 <= best <= high * 10 ** 0.15  # within half a grid step
-            ends.append((regret_at(reg, low), regret_at(reg, high)))
-            (conf_good if regret_at(reg, lr) <= TARGET_WITHIN else conf_bad).append(verdict.confidence)
-    k = len(ends)
-    return (f"interval of '{_default()}': best grid LR inside (+- half a grid step) on {inside}/{k} range tests; "
-            f"mean regret at its low end {statistics.fmean(e[0] for e in ends):.3f}, at its high end "
-            f"{statistics.fmean(e[1] for e in ends):.3f}, at its worse end {statistics.fmean(max(e) for e in ends):.3f}; "
-            f"mean confidence {statistics.fmean(conf_good):.2f} where the "
-            f"suggestion is within 0.1, {statistics.fmean(conf_bad) if conf_bad else math.nan:.2f} where it is not")
+            low, high, rec = found
+            holds += low / 10 ** 0.15 <= best <= high * 10 ** 0.15
+            strict += low <= best <= high
+            inside = [g for g in GRID if low < g < high]
+            all_good += max(regret_at(reg, v) for v in (low, high, *inside)) <= TARGET_WITHIN
+            widths.append(math.log10(high / low))
+            worse.append(max(regret_at(reg, low), regret_at(reg, high)))
+            from lightning_optkit.lr_finder import _rules, _verdict
+
+            curve = _curve(c)
+            conf = _verdict.assess(curve, _rules.RULES[_default()].fn(curve)).confidence
+            (conf_good if regret_at(reg, rec) <= TARGET_WITHIN else conf_bad).append(conf)
+    return {"holds": holds, "strict": strict, "all_good": all_good, "k": len(widths),
+            "width": statistics.median(widths) if widths else math.nan, "worse": statistics.fmean(worse) if worse else math.nan,
+            "conf_good": statistics.fmean(conf_good) if conf_good else math.nan,
+            "conf_bad": statistics.fmean(conf_bad) if conf_bad else math.nan}
+
+
+def intervals(cache: dict[str, Any], names: list[str]) -> str:
+    """How honest the default's interval and confidence are on ``names`` (:func:`interval_stats`)."""
+    s = interval_stats(cache, names)
+    k = s["k"]
+    return (f"interval of '{_default()}' (the LR to configure): holds the best grid LR on {s['holds']}/{k} range tests "
+            f"(+- half a grid step; {s['strict']}/{k} strictly), every LR in it within {TARGET_WITHIN} on "
+            f"{s['all_good']}/{k}; median width {s['width']:.2f} decades; mean regret at its worse end {s['worse']:.3f}; "
+            f"mean confidence {s['conf_good']:.2f} where the suggestion is within {TARGET_WITHIN}, "
+            f"{s['conf_bad']:.2f} where it is not")
 
 
 def _default() -> str:
@@ -548,10 +659,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     dev, held = split(TASKS)
     if args.tune:
-        from lightning_optkit.lr_finder import _rules
+        from lightning_optkit.lr_finder import _rules, _verdict
 
         chosen = tune(cache, dev, log)
-        current = {"margin": _rules.MARGIN, "rise": _rules.RISE, "steepest_divisor": _rules.STEEPEST_DIVISOR}
+        current = {"margin": _rules.MARGIN, "rise": _rules.RISE, "steepest_divisor": _rules.STEEPEST_DIVISOR,
+                   "RISE_NOISE_Z": _rules.RISE_NOISE_Z, "AGREEMENT_DECADES": _rules.AGREEMENT_DECADES,
+                   "INTERVAL_WIDEN": _verdict.INTERVAL_WIDEN}
         same = all(current[k] == chosen[k] for k in current) and \
             all(_rules.PEAK_EXPONENT.get(k, 1.0) == v for k, v in chosen["exponents"].items())
         print(f"tuning on the development half: {chosen} "

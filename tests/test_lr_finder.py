@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -335,6 +336,8 @@ def test_the_schedule_aware_peak_has_the_suggestions_mean_lr_below_the_margin(tm
         assert result.recommended_lr == pytest.approx(max(result.margin_lr, result.suggestion))
     low_lr, high_lr = result.interval
     assert low_lr <= result.suggestion <= high_lr
+    peak_low, peak_high = result.recommended_interval  # the same range for the LR to configure
+    assert peak_low <= result.recommended_lr <= peak_high and math.log10(peak_high / peak_low) >= 0.3
 
 
 def test_applying_at_fit_start_is_exactly_a_fit_started_with_the_written_config(tmp_path):
@@ -498,6 +501,7 @@ def test_optkit_lr_find_example_digits_writes_png_and_tensorboard(tmp_path, caps
     assert "guarded" in printed and "steepest" in printed and "<- default" in printed and "schedule 'onecycle': peak" in printed
     assert "suggested: optimizer.lr = " in printed and "--set optimizer.lr=" in printed
     assert "interval: " in printed and "confidence" in printed
+    assert "interval for optimizer.lr (onecycle peak): " in printed
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.parent.iterdir()) == ["lr.png"]  # no temporary file left
     events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_optkit._internal.optimizers import scale_lrs as scale_in_place
 from lightning_optkit.config import ConfigError, load_config
 from lightning_optkit.lr_finder import (
     DEFAULT_RULE,
@@ -25,7 +26,6 @@ from lightning_optkit.lr_finder import (
     sweep_lrs,
     write_config,
 )
-from lightning_optkit.lr_finder._apply import scale_in_place
 from lightning_optkit.lr_finder._engine import _flatness
 from lightning_optkit.lr_finder._rules import steepest, valley
 
@@ -329,7 +329,8 @@ def _cliff_curve(seed: int, cliff: float, noise: float = 0.01, n: int = 100) -> 
 
 @pytest.mark.parametrize(("seed", "cliff"), [(0, -2.0), (1, -1.0), (2, -3.5), (3, 0.0)])
 def test_guarded_keeps_its_margin_below_where_the_loss_rises(seed, cliff):
-    from lightning_optkit.lr_finder._rules import MARGIN, assess, divergence_index, guarded
+    from lightning_optkit.lr_finder._rules import MARGIN, divergence_index, guarded
+    from lightning_optkit.lr_finder._verdict import assess
 
     lrs, losses = _cliff_curve(seed, cliff)
     curve = Curve.from_losses(lrs, losses)
@@ -346,7 +347,7 @@ def test_guarded_keeps_its_margin_below_where_the_loss_rises(seed, cliff):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_the_interval_contains_the_suggestion_of_every_rule(seed):
-    from lightning_optkit.lr_finder._rules import assess
+    from lightning_optkit.lr_finder._verdict import assess
 
     rng = np.random.default_rng(seed)
     lrs, losses = _cliff_curve(seed, cliff=float(rng.uniform(-4, 0)), noise=float(rng.uniform(0.0, 0.1)))
@@ -358,7 +359,7 @@ def test_the_interval_contains_the_suggestion_of_every_rule(seed):
 
 
 def test_a_curve_that_rises_from_the_start_gets_no_suggestion_and_advice():
-    from lightning_optkit.lr_finder._rules import assess, diverged_at_once
+    from lightning_optkit.lr_finder._verdict import assess, diverged_at_once
 
     lrs = np.logspace(-7, 1, 100)
     rising = 1.0 + np.linspace(0, 6, 100) ** 2 + 0.01 * np.random.default_rng(0).standard_normal(100)
@@ -377,7 +378,8 @@ def test_a_curve_that_rises_from_the_start_gets_no_suggestion_and_advice():
 
 
 def test_weak_curves_say_what_to_do():
-    from lightning_optkit.lr_finder._rules import assess, guarded
+    from lightning_optkit.lr_finder._rules import guarded
+    from lightning_optkit.lr_finder._verdict import assess
 
     rng = np.random.default_rng(0)
     lrs = np.logspace(-7, 1, 100)
@@ -423,3 +425,84 @@ def test_the_rules_read_the_held_out_curve_when_it_was_measured():
     assert read.losses.tolist() == pytest.approx(held_out.tolist())
     assert guarded(read) < guarded(rules_curve(lrs, train)) / 10
     assert rules_curve(lrs, train, [float("nan")] * len(lrs)).losses.tolist() == pytest.approx(train.tolist())
+
+
+@pytest.mark.parametrize(("seed", "cliff"), [(0, -2.0), (1, -1.0), (2, -3.5), (3, 0.0)])
+def test_the_interval_is_a_real_range_around_the_suggestion(seed, cliff):
+    from lightning_optkit.lr_finder._rules import guarded
+    from lightning_optkit.lr_finder._verdict import INTERVAL_WIDEN, assess
+
+    curve = Curve.from_losses(*_cliff_curve(seed, cliff))
+    value = guarded(curve)
+    low, high = assess(curve, value).interval
+    assert low <= value <= high
+    # widened on each side: never a point, at least INTERVAL_WIDEN below the lowest evidence and at least
+    # 0.3 decades wide (the benchmark's grid step: a narrower interval could not hold the oracle's best)
+    assert value / low >= INTERVAL_WIDEN * (1 - 1e-9) and math.log10(high / low) >= 0.3
+    assert math.log10(high / low) <= 3.0  # and not a useless span of many decades
+
+
+def _noisy_barely_descending(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Step noise (0.15) larger than the descent (0.1, towards 1e-2), a real divergence past 0.5."""
+    lrs = np.logspace(-7, 1, 100)
+    x = np.log10(lrs)
+    rng = np.random.default_rng(seed)
+    losses = 1.0 - 0.1 / (1.0 + np.exp(-(x + 2.5) * 3.0)) + 0.15 * rng.standard_normal(100)
+    return lrs, np.where(x > -0.3, 50.0, losses)
+
+
+@pytest.mark.parametrize("seed", [0, 2, 3])  # draws whose noise puts a wiggle right after the minimum
+def test_a_wiggle_of_a_noisy_curve_is_not_taken_for_the_rise(seed):
+    from lightning_optkit.lr_finder._rules import divergence_index
+
+    lrs, losses = _noisy_barely_descending(seed)
+    curve = Curve.from_losses(lrs, losses)
+    # 5 % of a descent smaller than the noise is one wiggle: without the noise floor the "rise" comes
+    # more than a decade before the real divergence (past 0.5), and the margin would cap the suggestion there
+    assert lrs[divergence_index(curve, noise_z=0.0)] < 0.05
+    assert lrs[divergence_index(curve)] >= 0.3
+
+
+def test_a_steepest_descent_far_from_the_minimum_is_left_out():
+    from lightning_optkit.lr_finder._rules import AGREEMENT_DECADES, agreeing, evidence, guarded
+
+    lrs = np.logspace(-7, 1, 100)
+    x = np.log10(lrs)
+    # a sharp drop in the first steps, then a gentle descent to a minimum near 0.1 and a cliff at 1
+    losses = 3.0 - 0.8 / (1.0 + np.exp(-(x + 6.3) * 20.0)) - 0.3 / (1.0 + np.exp(-(x + 2.0) * 2.0))
+    losses = np.where(x > 0.0, 3.0 + x * 20.0, losses)
+    curve = Curve.from_losses(lrs, losses, beta=0.9)
+    values = evidence(curve)
+    assert abs(math.log10(values["steepest"] / values["minimum"])) > AGREEMENT_DECADES
+    assert agreeing(values) == {"minimum": values["minimum"]}
+    assert guarded(curve) == pytest.approx(values["minimum"])  # not dragged decades down by the early drop
+
+
+def test_wsd_keeps_the_constant_suggestion_as_its_peak():
+    from lightning_optkit.lr_finder._rules import PEAK_EXPONENT, guarded, schedule_peak
+
+    curve = Curve.from_losses(*_cliff_curve(0, -2.0))
+    value = guarded(curve)
+    assert PEAK_EXPONENT["wsd"] == 0.0
+    assert schedule_peak(curve, value, 1.05, "wsd") == pytest.approx(value)
+    assert schedule_peak(curve, value / 100, 2.0, "onecycle") == pytest.approx(value / 50)
+
+
+def test_the_recommended_interval_follows_the_schedule_peak():
+    from lightning_optkit.lr_finder._rules import divergence_index, guarded, schedule_peak
+    from lightning_optkit.lr_finder._verdict import assess
+
+    curve = Curve.from_losses(*_cliff_curve(0, -2.0))
+    value = guarded(curve) / 100  # far below the margin, so the onecycle peak is twice it
+    verdict = assess(curve, value)
+    peak = schedule_peak(curve, value, 2.0, "onecycle")
+    r = LRFinderResult(lrs=list(curve.lrs), losses=list(curve.losses), smoothed=list(curve.smoothed),
+                       suggestions={"guarded": value}, rule="guarded", recommended_lr=peak, schedule="onecycle",
+                       peak_factor=2.0, interval=verdict.interval, margin_lr=verdict.margin_lr,
+                       cliff_lr=float(curve.lrs[divergence_index(curve)]))
+    low, high = r.recommended_interval
+    assert low <= peak <= high and (low, high) != verdict.interval
+    assert low == pytest.approx(2.0 * verdict.interval[0]) and high <= max(verdict.margin_lr, peak) * (1 + 1e-9)
+    assert "peak interval" in r.summary()
+    r.schedule, r.recommended_lr = "constant", value
+    assert r.recommended_interval == verdict.interval and "peak interval" not in r.summary()

@@ -20,7 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .._cli_args import import_class, instantiate_objects, json_object, positive_float, positive_int
+from .._internal.cli_args import import_class, json_object, positive_float, positive_int
+from .._internal.imports import instantiate_objects
 from ..config import ConfigError, load_config, parse_overrides
 from ._rules import DEFAULT_RULE, RULES
 
@@ -214,6 +215,9 @@ def run(args: argparse.Namespace) -> int:
     if result.interval is not None:
         print(f"interval: {result.interval[0]:.3g} .. {result.interval[1]:.3g} (constant LR), confidence "
               f"{result.confidence:.2f}" + ("" if result.margin_lr is None else f", stay at or below {result.margin_lr:.3g}"))
+        peak = result.recommended_interval
+        if peak is not None and peak != result.interval:
+            print(f"interval for {result.reference} ({result.schedule} peak): {peak[0]:.3g} .. {peak[1]:.3g}")
     elif result.advice:
         print(f"no suggestion ({result.status}): {result.advice}")
     fig = result.plot()

@@ -46,9 +46,12 @@ class LRFinderResult:
         status: ``"ok"``, ``"flat"`` (the loss barely moved against its noise), ``"noisy"`` (it moved by
             only a few noise levels) or ``"diverged_at_once"`` (it rose before it descended: no suggestion).
         interval: ``(low, high)``, the recommended range of constant LRs: the span of the rules'
-            evidence, its top at most :attr:`margin_lr`; ``None`` without a suggestion.
+            agreeing evidence and the suggestion, widened by a factor calibrated on the benchmark's
+            development half, its top at most :attr:`margin_lr`; ``None`` without a suggestion.
+            :attr:`recommended_interval` is the same range for the LR to configure (a schedule's peak).
         confidence: 0 (a guess) .. 1 (the rules agree within a fraction of a decade on a clean descent).
-        cliff_lr: where the loss climbed back by a tenth of its descent (``None``: it never rose).
+        cliff_lr: where the loss climbed back by 5 % of its descent and by more than its own noise
+            (``None``: it never rose).
         margin_lr: ``cliff_lr`` divided by the safety margin: the default rule and the schedule peak
             stay at or below it.
         advice: what to change when the curve is weak (more steps, a wider range, a larger batch).
@@ -86,6 +89,21 @@ class LRFinderResult:
     def suggestion(self) -> float | None:
         """The constant-LR suggestion of :attr:`rule`."""
         return self.suggestions.get(self.rule)
+
+    @property
+    def recommended_interval(self) -> tuple[float, float] | None:
+        """:attr:`interval` carried to the LR to configure: times ``recommended_lr / suggestion``, its
+        top at most ``max(margin_lr, recommended_lr)``; equal to :attr:`interval` for a constant LR.
+
+        Example:
+            >>> r = LRFinderResult(lrs=[1e-3], losses=[1.0], smoothed=[1.0], suggestions={"guarded": 4e-3},
+            ...                    rule="guarded", recommended_lr=8e-3, interval=(1e-3, 1e-2), margin_lr=1.5e-2)
+            >>> r.recommended_interval
+            (0.002, 0.015)
+        """
+        from ._verdict import peak_interval
+
+        return peak_interval(self.interval, self.suggestion, self.recommended_lr, self.margin_lr)
 
     @property
     def diverged(self) -> bool:
@@ -148,6 +166,10 @@ class LRFinderResult:
             conf = "-" if self.confidence is None else f"{self.confidence:.2f}"
             lines.append(f"  interval       {_fmt(self.interval[0])} .. {_fmt(self.interval[1])} (constant LR), "
                          f"confidence {conf}")
+            peak = self.recommended_interval
+            if peak is not None and self.schedule != "constant" and peak != self.interval:
+                lines.append(f"  peak interval  {_fmt(peak[0])} .. {_fmt(peak[1])} (the LR to configure for "
+                             f"'{self.schedule}')")
         if self.cliff_lr is not None:
             lines.append(f"  loss rises at  {_fmt(self.cliff_lr)}; safety margin: stay at or below {_fmt(self.margin_lr)}")
         if self.status != "ok":
