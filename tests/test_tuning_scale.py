@@ -338,32 +338,32 @@ def test_a_trial_that_raises_in_its_process_stops_the_study_with_its_error(tmp_p
     assert [t.state for t in study.trials] == [TrialState.FAIL]  # not retried: the error is the trial's, not a crash
 
 
-def test_efficiency_benchmark_scores_reach_and_searches_next_to_the_winner(load_benchmark, tmp_path):
-    """benchmarks/tuning_efficiency.py: the steps-to-reach score, and its luck measurement on a real study."""
+def test_efficiency_benchmark_budgets_studies_and_measures_truth_like_a_trial(load_benchmark, tmp_path):
+    """benchmarks/tuning_efficiency.py on a real study: the test split is apart, a study stops at its step
+    budget, truncation counts the range tests first, the product's re-evaluation runs on a prefix, and a
+    re-training with the study's seed gives the trial's own value (so the truth is measured as trials train)."""
     bench = load_benchmark("tuning_efficiency")
-    seq = [(10, 0.5), (10, None), (10, 0.9 - 5e-7), (10, 0.95)]  # None: a pruned trial's steps still count
-    assert bench._reach(seq, 7, 0.9) == 37  # the range tests' 7 steps first; a float32 tie reaches
-    assert bench._reach(seq, 0, 0.96) is None
+    task = bench.TASKS["moons"]
+    data = task.data()
+    rows = {tuple(r) for r in data.x_train.tolist()} | {tuple(r) for r in data.x_val.tolist()}
+    assert not rows & {tuple(r) for r in data.x_test.tolist()}  # no study ever sees a test point
 
-    space = bench._near_winner({"optimizer.name": "sgd", "optimizer.lr": 0.1, "optimizer.weight_decay": 3e-4,
-                                "optimizer.momentum": 0.97})
-    assert space["optimizer.name"] == {"choices": ["sgd"]}
-    assert space["optimizer.lr"] == {"low": 0.05, "high": 0.2, "log": True}
-    assert space["optimizer.weight_decay"]["low"] == pytest.approx(1e-4)
-    assert space["optimizer.weight_decay"]["high"] == pytest.approx(9e-4)
-    assert space["optimizer.momentum"] == {"low": pytest.approx(0.92), "high": 0.99}  # inside SGD's range
-    assert "optimizer.momentum" not in bench._near_winner({"optimizer.name": "adamw", "optimizer.lr": 1e-3,
-                                                           "optimizer.weight_decay": 1e-4})
+    search = bench.Search(trials=[], steps=[10, 5, 10], extra=7, attrs={}, seconds=0.0)
+    assert (search.fit(22), search.used(2), search.fit(21), search.fit(6), search.fit(100)) == (2, 22, 1, 0, 3)
 
-    common = dict(model=bench.build_moons, search=bench.SEARCH, config=bench.BASE, monitor="val_acc", seed=0,
-                  trainer_kwargs={"max_epochs": 1, "accelerator": "cpu", "devices": 1}, **QUIET)
-    study = tune(sampler="random", pruner="none", n_trials=3, out_dir=tmp_path / "a", **common)
-    best = study.best_trial
-    oracle, again = bench._noise("moons", best, 3, 0, 1, tmp_path / "noise", "constant")
-    assert len(oracle) == 1 and oracle[0][0] == best.user_attrs["optkit.run"]["steps"] == 16  # 1024 / 64
-    assert len(again) == 3 and len(set(again)) > 1  # other seeds, other results
-    assert all(0.0 <= v <= 1.0 for v in again)
-    # the same config with the study's own seed reproduces (a)'s best exactly: the spread above is the seeds'
-    same = tune(search=bench.SEARCH, enqueue=[best.params], n_trials=1, enqueue_base=False, pruner="none",
-                out_dir=tmp_path / "same", **{k: v for k, v in common.items() if k != "search"})
-    assert same.best_value == best.value
+    st = bench.Settings(trials=3, seeds=1, retrain_seeds=1, reeval=1, reeval_seeds=1, cap=4.0, tasks=("moons",))
+    budget = st.trials * task.steps_per_trial()
+    found = bench.run_search(task, "tpe+hb", 0, st, tmp_path)
+    assert sum(found.steps[:-1]) < budget <= sum(found.steps)  # stopped by the budget, after the crossing trial
+    assert len(found.trials) < st.cap * st.trials
+
+    best = bench.search_best(task, found.trials)
+    chosen, reported, record = bench.reeval_prefix(task, found, len(found.trials), 0, st, tmp_path, {})
+    assert chosen.number == best.number  # K = 1: the best search trial is the one re-evaluated
+    (run,) = record["runs"][str(best.number)].values()
+    assert reported == pytest.approx((best.value + run["value"]) / 2)
+
+    retrain = bench.Retrainer()
+    val, test = retrain(task, best.user_attrs["optkit.config"], 0)
+    assert val == pytest.approx(best.value, abs=1e-6) and 0.0 <= test <= 1.0
+    assert retrain(task, best.user_attrs["optkit.config"], 0) == (val, test) and retrain.runs == 1  # cached

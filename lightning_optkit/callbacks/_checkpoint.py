@@ -106,6 +106,7 @@ class Checkpoint(ResumeHooks, _LightningCheckpoint):
         verbose: print a line for each save.
 
     Example:
+        (Lines marked ``+SKIP`` are not run as doctests: needs your model; tests/test_checkpoint*.py run it for real.)
         >>> import lightning as L
         >>> ckpt = Checkpoint(monitor="val_loss", save_top_k=2, every_n_train_steps=500, async_save=True)
         >>> trainer = L.Trainer(callbacks=[ckpt], logger=False)  # doctest: +SKIP

@@ -82,6 +82,7 @@ class LRFinder(Callback):
         results: ``{epoch: LRFinderResult}`` of the tests run so far (kept in checkpoints).
 
     Example:
+        (Lines marked ``+SKIP`` are not run as doctests: needs your model and data; tests/test_lr_finder.py runs it for real.)
         >>> import lightning as L
         >>> finder = LRFinder(num_steps=50, epochs=[0, 3])
         >>> trainer = L.Trainer(callbacks=[finder], max_epochs=5, logger=False)  # doctest: +SKIP

@@ -51,6 +51,7 @@ class PruningCallback(Callback):
             metrics that were), or after training when no validation ran.
 
     Example:
+        (Lines marked ``+SKIP`` are not run as doctests: trains a model; tests/test_tuning_pruning.py runs it for real.)
         >>> import optuna
         >>> import lightning as L
         >>> from lightning_optkit.demo import make_example

@@ -296,6 +296,7 @@ def best_by_reeval(study: optuna.Study) -> FrozenTrial | None:
     without a COMPLETE trial).
 
     Example:
+        (Lines marked ``+SKIP`` are not run as doctests: runs a whole study; tests/test_tuning_reeval.py runs it for real.)
         >>> study = tune(example="digits")              # doctest: +SKIP
         >>> best_by_reeval(study).number, study.best_trial.number  # doctest: +SKIP
         (12, 13)

@@ -147,6 +147,7 @@ class TrialRunner:
     """The objective of a study (rank 0) and the loop the other DDP ranks run.
 
     Example:
+        (Lines marked ``+SKIP`` are not run as doctests: needs a trial plan and a study; tests/test_tuning_*.py run it for real.)
         >>> runner = TrialRunner(plan)           # doctest: +SKIP
         >>> study.optimize(runner, n_trials=20)  # doctest: +SKIP
     """

@@ -158,6 +158,7 @@ def tune(
             can be resumed.
 
     Example:
+        (Lines marked ``+SKIP`` are not run as doctests: trains models for a few seconds; tests/test_tuning_tune.py runs it for real.)
         >>> from lightning_optkit.demo import make_example
         >>> study = tune(lambda optim: make_example("digits", optim),
         ...              {"optimizer.lr": {"low": 1e-3, "high": 1e-1, "log": True}},

@@ -123,6 +123,7 @@ class ForkServer:
     """The launcher's side of the fork server (see the module docstring).
 
     Example:
+        (Lines marked ``+SKIP`` are not run as doctests: forks processes; tests/test_tuning_scale*.py run it for real.)
         >>> z = ForkServer()                                    # doctest: +SKIP
         >>> child = z.start(["--study", "s", "--out", "o"], dict(os.environ), Path("o/w.log"))  # doctest: +SKIP
         >>> child.wait()                                    # doctest: +SKIP

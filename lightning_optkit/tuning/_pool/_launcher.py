@@ -123,6 +123,7 @@ class Launcher:
     :func:`~lightning_optkit.tuning.tune` writes); :func:`tune` with ``workers=`` builds this for you.
 
     Example:
+        (Lines marked ``+SKIP`` are not run as doctests: starts worker processes; tests/test_tuning_scale*.py run it for real.)
         >>> launcher = Launcher(study, "journal:optkit_tune/optuna.journal.log",
         ...                     out_dir=Path("optkit_tune/digits"), slots=plan_slots(2, "cpu"),
         ...                     n_trials=20)          # doctest: +SKIP
