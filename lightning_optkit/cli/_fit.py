@@ -152,8 +152,8 @@ def _report_fit(trainer: Any, logger: Any, log_dir: str) -> int:
 
 def _lightningcli_file(source: str | None, args: argparse.Namespace) -> bool:
     """Whether CONFIG is a LightningCLI config (``model:`` section) rather than an optim block."""
-    from .._lightningcli import is_lightningcli_config
     from ..config import read_yaml
+    from ..lightningcli import is_lightningcli_config
 
     if source is None or args.example or not Path(source).is_file():
         if getattr(args, "cli", None):
@@ -172,7 +172,7 @@ def _fit_lightningcli(args: argparse.Namespace, source: str, overrides: dict[str
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from .._lightningcli import LightningCLIConfig
+    from ..lightningcli import LightningCLIConfig
 
     for flag, value in (("--model-args", args.model_args), ("--data-args", args.data_args)):
         if value:

@@ -88,7 +88,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _build_lightningcli(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Any, Any, str, int, dict[str, Any]]:
     """The model, data, callbacks and Trainer arguments of a LightningCLI config, built by its parser."""
-    from .._lightningcli import LightningCLIConfig
+    from ..lightningcli import LightningCLIConfig
 
     for flag, value in (("--example", args.example), ("--model-args", args.model_args), ("--data-args", args.data_args)):
         if value:
@@ -119,8 +119,8 @@ def _build_lightningcli(args: argparse.Namespace, overrides: dict[str, Any]) -> 
 
 
 def _is_lightningcli(args: argparse.Namespace) -> bool:
-    from .._lightningcli import is_lightningcli_config
     from ..config import read_yaml
+    from ..lightningcli import is_lightningcli_config
 
     found = bool(args.config) and Path(args.config).is_file() and is_lightningcli_config(read_yaml(args.config))
     if args.cli and not found:

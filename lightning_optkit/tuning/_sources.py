@@ -308,7 +308,7 @@ class ClassSource(ModelSource):
 
 def is_lightningcli_yaml(data: Any) -> bool:
     """A LightningCLI config: a ``model:`` mapping, with ``class_path`` or the init arguments of a fixed class."""
-    from .._lightningcli import is_lightningcli_config
+    from ..lightningcli import is_lightningcli_config
 
     return is_lightningcli_config(data)
 
@@ -317,7 +317,7 @@ class LightningCLISource(ModelSource):
     """A LightningCLI config file, as ``--print_config`` writes it: the base config is the model's ``optim``
     argument (``model.init_args.optim``, or ``model.optim`` for a fixed-class ``LightningCLI(Model, Data)``).
 
-    Every trial is parsed and instantiated by a LightningCLI parser (:mod:`lightning_optkit._lightningcli`):
+    Every trial is parsed and instantiated by a LightningCLI parser (:class:`lightning_optkit.lightningcli.LightningCLIConfig`):
     the project's own with ``cli=`` (its ``cli_main`` or ``LightningCLI`` subclass), so the sections it
     adds (``parser.add_lightning_class_args(BackboneFinetuning, "finetuning")``), its links and defaults
     all take part; else the parser of ``LightningCLI(Model, Data)`` (``model=``/``data=`` name the classes
@@ -343,7 +343,7 @@ class LightningCLISource(ModelSource):
                  model: str | None = None, data: str | None = None) -> None:
         from lightning.pytorch.callbacks import Checkpoint
 
-        from .._lightningcli import LightningCLIConfig
+        from ..lightningcli import LightningCLIConfig
 
         self.cli_config = LightningCLIConfig(config, cli=cli, model=model, data=data)
         self.path = self.cli_config.path

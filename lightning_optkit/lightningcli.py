@@ -33,7 +33,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import ConfigError, merge_nested, read_yaml
+from ._internal.errors import ConfigError
+from .config import merge_nested, read_yaml
 
 __all__ = ["CLIRun", "LightningCLIConfig", "is_lightningcli_config"]
 
