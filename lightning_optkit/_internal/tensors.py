@@ -1,4 +1,4 @@
-"""Tensor checks shared by the health callbacks and the tuning pruner.
+"""Tensor helpers shared by the health callbacks, the tuning pruner and the losses.
 
 Example:
     >>> import torch
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["first_nonfinite"]
+__all__ = ["first_nonfinite", "reduce_loss"]
 
 
 def first_nonfinite(params: Sequence[Tensor]) -> int | None:
@@ -26,3 +26,17 @@ def first_nonfinite(params: Sequence[Tensor]) -> int | None:
     if not bool(bad.any()):
         return None
     return int(bad.nonzero()[0])
+
+
+def reduce_loss(loss: Tensor, reduction: str) -> Tensor:
+    """``loss`` reduced as torch's losses do: ``"mean"``, ``"sum"`` or ``"none"`` (unchanged).
+
+    Example:
+        >>> float(reduce_loss(torch.tensor([1.0, 3.0]), "mean")), reduce_loss(torch.tensor([1.0, 3.0]), "none").shape
+        (2.0, torch.Size([2]))
+    """
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._internal.tensors import reduce_loss
+
 __all__ = ["BinaryDiceLoss", "DiceLoss"]
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -24,14 +26,6 @@ _REDUCTIONS = ("none", "mean", "sum")
 
 def _sum(x: Tensor, dims: tuple[int, ...]) -> Tensor:
     return x.sum(dims) if dims else x  # x.sum(()) would sum everything
-
-
-def _reduce(loss: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    return loss
 
 
 class _DiceBase(nn.Module):
@@ -112,7 +106,7 @@ class BinaryDiceLoss(_DiceBase):
             p, t = p * keep, t * keep
         dims = tuple(range(0 if self.batch_dice else 1, input.ndim))
         loss = self._dice_loss(p, t, dims)
-        return loss if self.batch_dice else _reduce(loss, self.reduction)
+        return loss if self.batch_dice else reduce_loss(loss, self.reduction)
 
 
 class DiceLoss(_DiceBase):
@@ -169,6 +163,6 @@ class DiceLoss(_DiceBase):
             p, one_hot = p * keep, one_hot * keep
         spatial = tuple(range(2, input.ndim))
         if self.batch_dice:
-            return _reduce(self._dice_loss(p, one_hot, (0, *spatial)), self.reduction)  # (C,)
+            return reduce_loss(self._dice_loss(p, one_hot, (0, *spatial)), self.reduction)  # (C,)
         per_sample = self._dice_loss(p, one_hot, spatial).mean(1)  # (N, C) -> (N,)
-        return _reduce(per_sample, self.reduction)
+        return reduce_loss(per_sample, self.reduction)

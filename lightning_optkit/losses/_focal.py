@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._internal.tensors import reduce_loss
+
 __all__ = ["BinaryFocalLoss", "FocalLoss"]
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -34,14 +36,6 @@ def _check_gamma(gamma: float) -> float:
     ):
         raise ValueError(f"gamma: expected a finite number >= 0, got {gamma!r}")
     return float(gamma)
-
-
-def _reduce(loss: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    return loss
 
 
 class BinaryFocalLoss(nn.Module):
@@ -87,7 +81,7 @@ class BinaryFocalLoss(nn.Module):
             loss = loss * one_minus_pt.pow(self.gamma)
         if self.alpha is not None:
             loss = loss * (self.alpha * target + (1 - self.alpha) * (1 - target))
-        return _reduce(loss, self.reduction)
+        return reduce_loss(loss, self.reduction)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, gamma={self.gamma}, reduction={self.reduction!r}"
