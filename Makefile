@@ -21,6 +21,7 @@ test: install
 lint:
 	ruff check lightning_optkit tests examples benchmarks
 	lint-imports
+	python -m pytest -q -p no:cacheprovider -o addopts= tests/test_architecture.py
 
 bench: install
 	$(PYTHON) benchmarks/bench_schedules.py

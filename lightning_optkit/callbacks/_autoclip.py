@@ -214,8 +214,8 @@ class AutoClip(Callback):
             else:
                 w_norm = torch.linalg.vector_norm(w)
                 g_norm = torch.linalg.vector_norm(g)
-            if stats._scale_inv is not None:  # fp16 AMP with a fused optimizer: grads are still scaled
-                g_norm = g_norm * stats._scale_inv
+            if stats.scale_inv is not None:  # fp16 AMP with a fused optimizer: grads are still scaled
+                g_norm = g_norm * stats.scale_inv
             max_norm = w_norm.clamp_min(self.eps) * self.clip_factor
             # units under the limit get exactly 1.0; clamp_min avoids 0/0 for all-zero gradients
             coef = torch.where(g_norm > max_norm, max_norm / g_norm.clamp_min(1e-6), torch.ones_like(g_norm))

@@ -276,8 +276,7 @@ class TrainingDoctor(Callback):
             if names != self.group_names:
                 self.group_names = names
             rec.restart(stats, len(self.group_names), self.check_every_n_steps)
-        rec.record(int(trainer.global_step), read_lr(opt), stats, self.grouping,
-                   getattr(trainer.precision_plugin, "scaler", None))
+        rec.record(int(trainer.global_step), read_lr(opt), stats, self.grouping, trainer)
         self.optimizer_steps += 1
         if rec.pending >= self.check_every_n_steps:
             self._flush()

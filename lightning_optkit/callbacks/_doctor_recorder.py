@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._grad_stats import unscaled_loss
+
 __all__ = ["Series", "StepRecorder", "read_lr"]
 
 
@@ -93,25 +95,24 @@ class StepRecorder:
 
     def layout_changed(self, stats: Any) -> bool:
         """Whether the gradient cache's set of parameters differs from the one the buffer was laid out for."""
-        return id(stats._layout) != self.layout_key
+        return stats.layout_key != self.layout_key
 
     def restart(self, stats: Any, n_groups: int, rows: int) -> None:
         """Lay the buffer out for ``stats``'s parameters, ``n_groups`` layer groups and ``rows`` steps
         between flushes (after a flush)."""
-        self.layout_key = id(stats._layout)
+        self.layout_key = stats.layout_key
         self.nonzero = torch.zeros(len(stats), dtype=torch.bool, device=stats.device)
         self.nonzero_names = list(stats.names)
         self.cols = 2 + n_groups
         self.ring = torch.zeros(rows + 1, self.cols, device=stats.device)
 
-    def record(self, step: int, lr: Any, stats: Any, grouping: Any, scaler: Any) -> None:
+    def record(self, step: int, lr: Any, stats: Any, grouping: Any, trainer: Any) -> None:
         """Write this step's loss (unscaled under AMP), gradient norms and LR; device ops only."""
         assert self.ring is not None and self.nonzero is not None
         has_loss = self.loss_acc is not None  # no backward (training_step returned None): no loss to record
         loss = self.loss_acc if has_loss else torch.zeros((), device=stats.device)
         self.loss_acc = None
-        if scaler is not None and getattr(scaler, "_scale", None) is not None:
-            loss = loss / scaler._scale.to(loss.device)
+        loss = unscaled_loss(loss, trainer)
         norms = stats.norms(2.0)
         self.nonzero |= norms != 0  # NaN != 0 counts as "had a gradient"
         _, groups = stats.group_norms(grouping, 2.0)

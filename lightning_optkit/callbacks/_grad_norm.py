@@ -199,8 +199,8 @@ class GradNormMonitor(Callback):
         delta = torch._foreach_sub(after, before)
         nt = self.norm_type
         names, index = stats.group_index(self.grouping)
-        d_norm = aggregate(stats._per_tensor(list(delta), nt), index, len(names), nt)
-        p_norm = aggregate(stats._per_tensor(after, nt), index, len(names), nt)
+        d_norm = aggregate(stats.per_tensor(list(delta), nt), index, len(names), nt)
+        p_norm = aggregate(stats.per_tensor(after, nt), index, len(names), nt)
         ratio = d_norm / p_norm.clamp_min(1e-12)
         opt_part = job[2]
         self._pending.append(([f"{self._derived('param_norm')}/{opt_part}{g}" for g in names], p_norm))

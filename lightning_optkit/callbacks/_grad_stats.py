@@ -50,6 +50,7 @@ __all__ = [
     "Grouping",
     "check_norm_type",
     "grad_stats",
+    "unscaled_loss",
 ]
 
 _NORM_TYPES = {1.0: "1", 2.0: "2", math.inf: "inf"}
@@ -243,7 +244,25 @@ class GradStats:
         """Drop the references to the gradients (called after the optimizer step, so memory can be freed)."""
         self._grads = None
 
-    def _per_tensor(self, tensors: list[Tensor], ord: float) -> Tensor:
+    @property
+    def layout_key(self) -> int:
+        """Identifies the set and order of parameters these statistics cover (it changes when they change)."""
+        return id(self._layout)
+
+    @property
+    def scale_inv(self) -> Tensor | None:
+        """``1 / loss scale`` when the gradients are still scaled (fp16 AMP with an optimizer that unscales in
+        ``step()``): multiply a norm computed from :attr:`grads` by it. ``None`` otherwise."""
+        return self._scale_inv
+
+    def per_tensor(self, tensors: list[Tensor], ord: float) -> Tensor:
+        """Norms of ``tensors`` laid out like :attr:`params` (one foreach kernel per bucket), shape ``[len(self)]``.
+
+        Example:
+            >>> p = torch.nn.Parameter(torch.zeros(2)); p.grad = torch.ones(2)
+            >>> GradStats.from_params([p], ["w"]).per_tensor([torch.tensor([3.0, 4.0])], 2.0)
+            tensor([5.])
+        """
         if not tensors:
             return torch.zeros(0, device=self.device)
         parts = []
@@ -259,7 +278,7 @@ class GradStats:
         """Per-parameter gradient norms, shape ``[len(self)]``, in registration order."""
         out = self._norms.get(norm_type)
         if out is None:
-            out = self._per_tensor(self.grads, norm_type)
+            out = self.per_tensor(self.grads, norm_type)
             if self._scale_inv is not None:
                 out = out * self._scale_inv
             self._norms[norm_type] = out
@@ -309,7 +328,7 @@ class GradStats:
         """Per-parameter norms of the weights themselves (for update ratios and AGC)."""
         out = self._param_norms.get(norm_type)
         if out is None:
-            out = self._per_tensor([p.detach() for p in self.params], norm_type)
+            out = self.per_tensor([p.detach() for p in self.params], norm_type)
             self._param_norms[norm_type] = out
         return out
 
@@ -385,6 +404,19 @@ def _scale_inv(trainer: Any, optimizer: Any) -> Tensor | None:
         return None
     scale = getattr(scaler, "_scale", None)
     return None if scale is None else scale.double().reciprocal().float()
+
+
+def unscaled_loss(loss: Tensor, trainer: Any) -> Tensor:
+    """The loss as the user's ``training_step`` returned it: ``on_before_backward`` sees it multiplied by the
+    GradScaler's scale under fp16 AMP, so it is divided back (a device op, no host sync).
+
+    Example:
+        >>> unscaled_loss(torch.tensor(2.0), object())  # no precision plugin with a scaler: unchanged
+        tensor(2.)
+    """
+    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+    scale = getattr(scaler, "_scale", None) if scaler is not None else None
+    return loss if scale is None else loss / scale.to(loss.device)
 
 
 def grad_stats(trainer: Any, optimizer: Any) -> GradStats:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .._internal.ranks import device_sum, world_size
 from .._internal.tensors import first_nonfinite
-from ._grad_stats import param_names
+from ._grad_stats import param_names, unscaled_loss
 
 __all__ = [
     "BAD", "GNORM", "GRAD_BAD", "LOSS", "MEDIAN", "N_COLUMNS", "SPIKE",
@@ -38,10 +38,8 @@ def loss_and_grad_flag(trainer: Any, loss_acc: Tensor | None, gnorm: Tensor, dev
     one two-element ``all_reduce`` makes every rank see the mean loss and the same gradient flag.
     """
     loss = loss_acc if loss_acc is not None else torch.zeros((), device=device)
-    loss = loss.to(device)
+    loss = unscaled_loss(loss.to(device), trainer)  # on_before_backward saw the scaled loss
     scaler = getattr(trainer.precision_plugin, "scaler", None)
-    if scaler is not None and getattr(scaler, "_scale", None) is not None:
-        loss = loss / scaler._scale.to(device)  # on_before_backward saw the scaled loss
     grad_bad = ~torch.isfinite(gnorm)
     if scaler is not None:
         grad_bad = torch.zeros_like(grad_bad)  # the GradScaler skips these steps and rescales
