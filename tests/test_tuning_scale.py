@@ -17,8 +17,9 @@ import pytest
 from optuna.trial import TrialState
 
 from lightning_optkit import ConfigError
-from lightning_optkit.tuning import DeviceSlot, plan_slots, tune
+from lightning_optkit.tuning import tune
 from lightning_optkit.tuning._pool._protocol import ATTEMPT_KEY, RETRY_OF_KEY, WORKER_KEY
+from lightning_optkit.tuning._pool._slots import DeviceSlot, plan_slots
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tuning_scale_helpers, for this process and its workers
 

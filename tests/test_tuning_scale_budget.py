@@ -104,7 +104,7 @@ def test_two_launchers_share_one_budget_on_a_journal_file(tmp_path):
     names = ["a", "b"]
     procs = [launcher(tmp_path, journal, n, trials=8, workers=2) for n in names]
     outputs = wait_all(procs, tmp_path, names)
-    from lightning_optkit.tuning import resolve_storage
+    from lightning_optkit.tuning._storage import resolve_storage
 
     store, _ = resolve_storage(journal, tmp_path)
     check_budget(optuna.load_study(study_name="shared", storage=store), 8, outputs)
@@ -137,7 +137,8 @@ def test_an_in_process_run_claims_no_place_held_by_a_trial_running_elsewhere(tmp
 
 OPEN_AT_ONCE = """
 import os, sys, time
-from lightning_optkit.tuning import make_pruner, make_sampler, resolve_storage
+from lightning_optkit.tuning import make_pruner, make_sampler
+from lightning_optkit.tuning._storage import resolve_storage
 from lightning_optkit.tuning._study import open_study
 url, folder, me = sys.argv[1], sys.argv[2], sys.argv[3]
 open(os.path.join(folder, "ready-" + me), "w").close()
@@ -167,7 +168,7 @@ def test_many_processes_open_one_study_on_an_empty_storage_at_the_same_instant(p
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(outputs)
     assert all("opened shared" in out for out in outputs)
-    from lightning_optkit.tuning import resolve_storage
+    from lightning_optkit.tuning._storage import resolve_storage
 
     store, _ = resolve_storage(url, tmp_path)
     assert [s.study_name for s in optuna.get_all_study_summaries(store)] == ["shared"]
@@ -264,7 +265,7 @@ def test_journal_a_launcher_killed_with_its_trial_is_failed_and_retried_by_the_o
     """Two launchers on one journal file; one dies with its trial: the other fails it (its liveness record: a
     process that is gone on this machine), retries it with the same parameters and ends with the full budget."""
     journal = f"journal:{tmp_path / 'shared.journal.log'}"
-    from lightning_optkit.tuning import resolve_storage
+    from lightning_optkit.tuning._storage import resolve_storage
 
     a = launcher(tmp_path, journal, "a", trials=4, epochs=3, sleep=0.1)
     b = launcher(tmp_path, journal, "b", trials=4, epochs=3, sleep=0.1)
@@ -295,7 +296,7 @@ def _as(url: str, scheme: str) -> str:
 
 def test_each_postgres_url_form_opens_the_storage_with_its_driver(pg_server, tmp_path):
     """`postgresql://` (what Optuna's docs and users write), `+psycopg` and `+psycopg2` all open a real server."""
-    from lightning_optkit.tuning import resolve_storage
+    from lightning_optkit.tuning._storage import resolve_storage
 
     url = create_database(pg_server, "drivers")
     for scheme, module in [("postgresql+psycopg", "psycopg"), ("postgresql+psycopg2", "psycopg2"),
@@ -324,7 +325,7 @@ BLOCKED_DRIVER = """
 import sys
 sys.modules["psycopg"] = None  # as if psycopg 3 were not installed
 from lightning_optkit import ConfigError
-from lightning_optkit.tuning import resolve_storage
+from lightning_optkit.tuning._storage import resolve_storage
 try:
     resolve_storage(sys.argv[1], sys.argv[2])
 except ConfigError as err:
@@ -334,7 +335,7 @@ except ConfigError as err:
 
 def test_a_missing_driver_is_a_config_error_that_names_the_package(pg_server, tmp_path):
     from lightning_optkit import ConfigError
-    from lightning_optkit.tuning import resolve_storage
+    from lightning_optkit.tuning._storage import resolve_storage
 
     url = create_database(pg_server, "nodriver")
     with pytest.raises(ConfigError, match=r"storage.*'pg8000' driver.*pip install pg8000") as info:

@@ -16,10 +16,9 @@ from lightning_optkit.tuning import (
     load_search,
     make_pruner,
     make_sampler,
-    redact_url,
-    resolve_storage,
     search_preset,
 )
+from lightning_optkit.tuning._storage import redact_url, resolve_storage
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BASE = {

@@ -270,7 +270,7 @@ def test_multi_objective_study(tmp_path):
 
 def test_a_fresh_process_can_run_a_trial_from_the_stored_plan(tmp_path):
     """What a process launcher does: rebuild the plan from the study, ask, run one trial, tell."""
-    from lightning_optkit.tuning import TrialPlan, TrialRunner
+    from lightning_optkit.tuning._runner import TrialPlan, TrialRunner
 
     _tiny(tmp_path, model="tuning_models:build", study_name="s", n_trials=1)
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
