@@ -189,6 +189,8 @@ def test_a_metric_never_logged_fails_the_first_trial_and_the_study_resumes(tmp_p
         ({"enqueue": [{"optimizer.lr": -1}]}, "enqueue.0.optimizer.lr"),
         ({"enqueue": [{"optimizer.lr": 0.05}, {"optimizer": {"name": "adamw", "lr": 1e-3, "betas": [2, 0]}}]},
          "enqueue.1.optimizer"),
+        ({"catch": (SystemExit,)}, "catch"),  # only Exception subclasses may let a study go on
+        ({"catch": ("ValueError",)}, "catch"),
     ],
 )
 def test_bad_arguments_fail_before_the_storage_is_touched(tmp_path, kwargs, path):

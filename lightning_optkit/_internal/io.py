@@ -110,7 +110,8 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 
 def atomic_write(
-    path: str | os.PathLike[str], write: Callable[[IO[bytes]], None], *, fsync: bool = True
+    path: str | os.PathLike[str], write: Callable[[IO[bytes]], None], *, fsync: bool = True,
+    best_effort: bool = False,
 ) -> WriteResult:
     """Write ``path`` durably: ``write(f)`` fills a temporary file that then replaces ``path``.
 
@@ -123,6 +124,9 @@ def atomic_write(
         write: called with a binary file object; everything written through it is hashed.
         fsync: set False to skip both fsyncs (faster, not durable across a power loss; the rename
             still makes a crashed process leave no partial file under ``path``).
+        best_effort: a folder that cannot be fsynced (some network and FUSE file systems answer
+            EINVAL) is not an error: for reports written from inside training, which must not stop
+            it. Checkpoints keep the default (the error is raised).
     """
     target = Path(path)
     tmp = tmp_path_for(target)
@@ -139,7 +143,11 @@ def atomic_write(
             t2 = time.perf_counter()
         os.replace(tmp, target)
         if fsync:
-            fsync_dir(target.parent)
+            try:
+                fsync_dir(target.parent)
+            except OSError:
+                if not best_effort:
+                    raise
         t3 = time.perf_counter()
     except BaseException:
         with contextlib.suppress(OSError):
@@ -148,9 +156,10 @@ def atomic_write(
     return WriteResult(str(target), writer.hash.hexdigest(), writer.size, write_s=t1 - t0, fsync_s=(t2 - t1) + (t3 - t2))
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> str:
-    """Write ``data`` to ``path`` durably; returns its sha256."""
-    return atomic_write(path, lambda f: f.write(data), fsync=fsync).sha256
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True,
+                       best_effort: bool = False) -> str:
+    """Write ``data`` to ``path`` durably; returns its sha256 (``best_effort``: see :func:`atomic_write`)."""
+    return atomic_write(path, lambda f: f.write(data), fsync=fsync, best_effort=best_effort).sha256
 
 
 def atomic_write_figure(path: str | os.PathLike[str], fig: Any, **savefig: Any) -> str:
@@ -181,7 +190,8 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, fsync: bool = T
     ``default`` is ``json.dumps``'s: it turns values JSON does not know into ones it does (e.g. ``str``).
     ``strict=True`` keeps the file strict JSON for any reader (the health callbacks' reports): non-finite
     floats become the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``, tensors and sets become lists,
-    other unknown values their ``str``, the indent is 2 and the folder is created.
+    other unknown values their ``str``, the indent is 2 and the folder is created; and, as such a report
+    is written from inside training, a folder that cannot be fsynced is not an error (``best_effort``).
 
     Example:
         >>> import tempfile
@@ -195,7 +205,7 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, fsync: bool = T
         text = json.dumps(_strict_json(obj), indent=2, default=default or _json_default, allow_nan=False)
     else:
         text = json.dumps(obj, indent=1, sort_keys=False, allow_nan=True, default=default)
-    return atomic_write_bytes(path, (text + "\n").encode(), fsync=fsync)
+    return atomic_write_bytes(path, (text + "\n").encode(), fsync=fsync, best_effort=strict)
 
 
 def _strict_json(value: Any) -> Any:

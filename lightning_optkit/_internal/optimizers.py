@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["optimizer_params", "scale_lrs", "unwrap_optimizer"]
+__all__ = ["drives", "optimizer_params", "scale_lrs", "scale_scheduler_lrs", "unwrap_optimizer"]
 
 _GROUP_LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
 _SCHED_LIST_ATTRS = ("base_lrs", "_last_lr", "max_lrs", "min_lrs", "plateau_lrs")
@@ -63,8 +63,22 @@ def scale_lrs(optimizer: torch.optim.Optimizer, schedulers: Sequence[Any], facto
                 group[key] = value * factor
     seen: set[int] = set()
     for sched in schedulers:
-        if getattr(sched, "optimizer", None) is optimizer:
+        if drives(sched, optimizer):
             _scale_scheduler(sched, factor, seen)
+
+
+def scale_scheduler_lrs(schedulers: Sequence[Any], factor: float) -> None:
+    """Multiply the LR settings of ``schedulers`` (not of any optimizer's groups) by ``factor``, each once."""
+    seen: set[int] = set()
+    for sched in schedulers:
+        _scale_scheduler(sched, factor, seen)
+
+
+def drives(scheduler: Any, optimizer: Any) -> bool:
+    """Whether ``scheduler`` sets the LRs of ``optimizer``: the same object, or a wrapper around the same
+    param groups (DeepSpeed's and other optimizer wrappers share the inner optimizer's group list)."""
+    own = getattr(scheduler, "optimizer", None)
+    return own is optimizer or getattr(own, "param_groups", None) is getattr(optimizer, "param_groups", False)
 
 
 def _scale_scheduler(sched: Any, factor: float, seen: set[int]) -> None:

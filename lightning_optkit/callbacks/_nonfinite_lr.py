@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._internal.optimizers import drives, scale_scheduler_lrs, unwrap_optimizer
 from .._internal.optimizers import scale_lrs as scale_optimizer_lrs
-from .._internal.optimizers import unwrap_optimizer
 from ..schedules import follow_param_groups
 
 __all__ = ["scale_lrs"]
@@ -21,5 +21,10 @@ def scale_lrs(trainer: Any, factor: float) -> None:
     """Scale every LR and the schedulers' bases, so the reduction persists through any schedule."""
     schedulers = [c.scheduler for c in getattr(trainer, "lr_scheduler_configs", [])]
     follow_param_groups(schedulers)
-    for opt in trainer.optimizers:
-        scale_optimizer_lrs(unwrap_optimizer(opt), schedulers, factor)
+    optimizers = [unwrap_optimizer(opt) for opt in trainer.optimizers]
+    for opt in optimizers:
+        scale_optimizer_lrs(opt, schedulers, factor)
+    # a scheduler tied to none of them (built on an optimizer a strategy wrapped, or with no .optimizer):
+    # its bases are scaled too, once, or its next step would undo the reduction
+    orphans = [s for s in schedulers if not any(drives(s, opt) for opt in optimizers)]
+    scale_scheduler_lrs(orphans, factor)

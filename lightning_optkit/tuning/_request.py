@@ -25,7 +25,7 @@ from ..config import ConfigError, load_config
 from ._dist import DistributedContext
 from ._pool._slots import DeviceSlot, plan_slots
 from ._presets import PRESETS
-from ._reeval import check_reeval
+from ._reeval import DEFAULT_REEVAL, DEFAULT_REEVAL_SEEDS, check_reeval
 from ._runner import TrialPlan, quiet_lightning
 from ._samplers import make_pruner, make_sampler
 from ._sources import ExampleSource, ModelSource, as_source, source_from_description
@@ -120,8 +120,8 @@ class TuneRequest:
     max_retries: int = 2
     grace_period: int | None = None
     recipe: str | None = None
-    reeval: int = 0
-    reeval_seeds: int = 0
+    reeval: int = DEFAULT_REEVAL
+    reeval_seeds: int = DEFAULT_REEVAL_SEEDS
     study_attrs: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -164,7 +164,7 @@ def resolve_request(
     enqueue: Sequence[Mapping[str, Any]] = (), trainer_kwargs: Mapping[str, Any] | None = None,
     seed: int | None = None, out_dir: str | os.PathLike[str] = "optkit_tune", workers: int | None = None,
     devices: Any = None, devices_per_trial: int = 1, max_retries: int = 2, heartbeat_interval: int = 30,
-    reeval: int = 0, reeval_seeds: int = 0, **outputs: Any,
+    reeval: int = DEFAULT_REEVAL, reeval_seeds: int = DEFAULT_REEVAL_SEEDS, **outputs: Any,
 ) -> TuneRequest:
     """Check and resolve :func:`~lightning_optkit.tuning.tune`'s arguments (the same names) into a request.
 
@@ -175,6 +175,7 @@ def resolve_request(
         ConfigError: the first bad argument, naming it, the value and what is valid.
     """
     check_reeval(reeval, reeval_seeds)
+    catch = _check_catch(outputs.pop("catch", ()))
     source = as_source(model, example=example, model_args=model_args, data_args=data_args)
     defaults = EXAMPLE_DEFAULTS.get(source.name, {}) if isinstance(source, ExampleSource) else {}
     monitors, directions = _monitors_and_directions(
@@ -201,7 +202,7 @@ def resolve_request(
         monitors=monitors, directions=directions, trainer_kwargs=tk, seed=seed_value, seed_given=seed is not None,
         n_trials=n_trials, timeout=timeout, study_timeout=study_timeout, sampler_spec=sampler, sampler=sampler_obj,
         pruner=pruner_obj, storage=storage, study_name=study_name, resume=resume, out_dir=Path(out_dir), dist=dist,
-        pool=None, threads=threads, catch=tuple(outputs.pop("catch", ())), max_retries=max_retries, reeval=reeval,
+        pool=None, threads=threads, catch=catch, max_retries=max_retries, reeval=reeval,
         reeval_seeds=reeval_seeds, **outputs,
     )
     if workers is None and devices is None:
@@ -329,3 +330,19 @@ def _pool_settings(request: TuneRequest, *, workers: int | None, devices: Any, d
     url, kwargs, beat = worker_storage(request.storage, request.out_dir, len(slots), heartbeat_interval, max_retries)
     return PoolSettings(slots=tuple(slots), url=url, storage_kwargs=kwargs, heartbeat_interval=beat,
                         gpu=any(s.devices for s in slots))
+
+
+def _check_catch(catch: Any) -> tuple[type[Exception], ...]:
+    """``catch=``: exception classes a trial may raise without stopping the study (``Exception`` subclasses:
+    Ctrl-C and ``SystemExit`` always stop it).
+
+    Example:
+        >>> _check_catch([ValueError])
+        (<class 'ValueError'>,)
+    """
+    items = (catch,) if isinstance(catch, type) else tuple(catch)
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, Exception)):
+            raise ConfigError("catch", item, "Exception subclasses (KeyboardInterrupt and SystemExit always stop the "
+                                             "study)")
+    return items
