@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import inspect
 import io
+import logging
 import math
 import sys
 import time
@@ -216,10 +217,23 @@ def write_plots(study: optuna.Study, plan: TrialPlan, out_dir: Path) -> tuple[li
         plots.append(("pareto_front", ovm.plot_pareto_front, {"target_names": list(plan.monitors)}))
     else:
         plots.append(("intermediate_values", ovm.plot_intermediate_values, {}))
-    written: list[Path] = []
-    notes: list[str] = []
     import matplotlib.pyplot as plt
 
+    # Optuna's plots ask for math fonts a minimal install lacks; matplotlib falls back to DejaVu Sans and
+    # says so once per glyph family ("findfont: ... not found"), which is noise in a user's terminal
+    fonts = logging.getLogger("matplotlib.font_manager")
+    level = fonts.level
+    fonts.setLevel(logging.ERROR)
+    try:
+        return _render(plots, study, out_dir, plt)
+    finally:
+        fonts.setLevel(level)
+
+
+def _render(plots: list[tuple[str, Any, dict[str, Any]]], study: optuna.Study, out_dir: Path, plt: Any
+            ) -> tuple[list[Path], list[str]]:
+    written: list[Path] = []
+    notes: list[str] = []
     for name, fn, kwargs in plots:
         path = out_dir / f"{name}.png"
         try:
