@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._grad_stats import unscaled_loss
+from ._grad_stats import StepLoss, unscaled_loss
 
 __all__ = ["Series", "StepRecorder", "read_lr"]
 
@@ -74,7 +74,7 @@ class StepRecorder:
         self.ring: Tensor | None = None
         self.meta: list[tuple[int, Any, bool]] = []  # (step, lr, has a loss) per row
         self.cols = 0
-        self.loss_acc: Tensor | None = None
+        self.loss = StepLoss()
         self.nonzero: Tensor | None = None
         self.nonzero_names: list[str] = []
         self.layout_key: int | None = None
@@ -86,12 +86,11 @@ class StepRecorder:
 
     def add_loss(self, loss: Tensor) -> None:
         """Accumulate the loss of one backward (several per step under gradient accumulation)."""
-        value = loss.detach().float().reshape(())
-        self.loss_acc = value if self.loss_acc is None else self.loss_acc + value
+        self.loss.add(loss)
 
     def drop_loss(self) -> None:
         """Forget the accumulated loss (a step without gradients records nothing)."""
-        self.loss_acc = None
+        self.loss.take()
 
     def layout_changed(self, stats: Any) -> bool:
         """Whether the gradient cache's set of parameters differs from the one the buffer was laid out for."""
@@ -109,9 +108,9 @@ class StepRecorder:
     def record(self, step: int, lr: Any, stats: Any, grouping: Any, trainer: Any) -> None:
         """Write this step's loss (unscaled under AMP), gradient norms and LR; device ops only."""
         assert self.ring is not None and self.nonzero is not None
-        has_loss = self.loss_acc is not None  # no backward (training_step returned None): no loss to record
-        loss = self.loss_acc if has_loss else torch.zeros((), device=stats.device)
-        self.loss_acc = None
+        step_loss = self.loss.take()
+        has_loss = step_loss is not None  # no backward (training_step returned None): no loss to record
+        loss = step_loss if has_loss else torch.zeros((), device=stats.device)
         loss = unscaled_loss(loss, trainer)
         norms = stats.norms(2.0)
         self.nonzero |= norms != 0  # NaN != 0 counts as "had a gradient"

@@ -48,6 +48,7 @@ from ..config import ConfigError
 __all__ = [
     "GradStats",
     "Grouping",
+    "StepLoss",
     "check_norm_type",
     "grad_stats",
     "unscaled_loss",
@@ -404,6 +405,31 @@ def _scale_inv(trainer: Any, optimizer: Any) -> Tensor | None:
         return None
     scale = getattr(scaler, "_scale", None)
     return None if scale is None else scale.double().reciprocal().float()
+
+
+class StepLoss:
+    """The loss of one optimizer step, summed over its backward passes (gradient accumulation), kept on the
+    device: ``add`` it in ``on_before_backward``, ``take`` it (and start over) in ``on_before_optimizer_step``.
+
+    Example:
+        >>> acc = StepLoss()
+        >>> acc.add(torch.tensor(1.5)); acc.add(torch.tensor(0.5))
+        >>> acc.take(), acc.take()
+        (tensor(2.), None)
+    """
+
+    def __init__(self) -> None:
+        self.value: Tensor | None = None
+
+    def add(self, loss: Tensor) -> None:
+        """Add the (detached, float32) loss of one backward pass."""
+        value = loss.detach().float().reshape(())
+        self.value = value if self.value is None else self.value + value
+
+    def take(self) -> Tensor | None:
+        """The step's summed loss (``None``: no backward this step); the accumulator starts over."""
+        value, self.value = self.value, None
+        return value
 
 
 def unscaled_loss(loss: Tensor, trainer: Any) -> Tensor:

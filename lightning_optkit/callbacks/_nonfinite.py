@@ -28,7 +28,7 @@ from .._internal.optimizers import optimizer_params, unwrap_optimizer
 from .._internal.ranks import world_size
 from .._internal.trainer import due, log_metrics, log_step, resolve_log_dir
 from ..config import ConfigError
-from ._grad_stats import grad_stats
+from ._grad_stats import StepLoss, grad_stats
 from ._nonfinite_detect import loss_and_grad_flag, params_finite, spike_flag, step_row
 from ._nonfinite_events import GuardEvent, NonFiniteError, events_from_rows, lead_event
 from ._nonfinite_lr import scale_lrs
@@ -196,7 +196,7 @@ class NonFiniteGuard(Callback):
         self._ring_meta: list[tuple[int, int, int]] = []
         self._ring_names: list[tuple[list[str], Tensor | None]] = []  # per row: names and per-parameter norms
         self._pending_rows: Tensor | None = None
-        self._loss_acc: Tensor | None = None
+        self._step_loss = StepLoss()
         self._stepped = False
         self._last_bad_host: bool | None = None
         self._log_dir: str | None = None
@@ -300,14 +300,13 @@ class NonFiniteGuard(Callback):
 
     # -- per step --------------------------------------------------------------------------------
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: Tensor) -> None:
-        value = loss.detach().float().reshape(())
-        self._loss_acc = value if self._loss_acc is None else self._loss_acc + value
+        self._step_loss.add(loss)
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         opt = unwrap_optimizer(optimizer)
         stats = grad_stats(trainer, opt)
         device = self._device or stats.device
-        loss_acc, self._loss_acc = self._loss_acc, None
+        loss_acc = self._step_loss.take()
         gnorm = stats.total(2.0).to(device)
         loss, grad_bad = loss_and_grad_flag(trainer, loss_acc, gnorm, device)
         loss_bad = ~torch.isfinite(loss)
