@@ -64,3 +64,5 @@ def main(out_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    if torch.distributed.is_initialized():  # join gloo's threads before exit: without it an exit rarely aborts
+        torch.distributed.destroy_process_group()  # ("terminate called without an active exception")
