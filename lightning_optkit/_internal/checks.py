@@ -29,10 +29,13 @@ def in_interval(value: Any, lo: float | None = None, hi: float | None = None, *,
     Example:
         >>> in_interval(0.5, 0, 1), in_interval(0, 0, 1), in_interval(True), in_interval(float("nan"))
         (True, False, False, False)
+        >>> in_interval(10**400, 1)  # a huge int is still an int, not an overflow
+        True
     """
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    # an int is always finite (math.isfinite would overflow on one past float's range)
+    ok = not isinstance(value, bool) and (isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)))
     if ok and integer:
-        ok = float(value).is_integer()
+        ok = isinstance(value, int) or float(value).is_integer()
     if ok and lo is not None:
         ok = value > lo if lo_open else value >= lo
     if ok and hi is not None:

@@ -50,6 +50,7 @@ __all__ = [
     "Grouping",
     "StepLoss",
     "check_norm_type",
+    "grad_scaler",
     "grad_stats",
     "unscaled_loss",
 ]
@@ -396,9 +397,14 @@ def _names(cache: _Cache, module: Any, wanted: Iterable[int] = ()) -> dict[int, 
     return cache.names
 
 
+def grad_scaler(trainer: Any) -> Any:
+    """The fp16 AMP ``GradScaler`` of ``trainer``'s precision plugin, or ``None`` (no AMP scaling)."""
+    return getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+
+
 def _scale_inv(trainer: Any, optimizer: Any) -> Tensor | None:
     """1/scale when a GradScaler has not unscaled the gradients yet (optimizers that unscale in step())."""
-    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+    scaler = grad_scaler(trainer)
     if scaler is None or not getattr(optimizer, "_step_supports_amp_scaling", False):
         return None
     if not getattr(scaler, "is_enabled", lambda: True)():
@@ -440,8 +446,7 @@ def unscaled_loss(loss: Tensor, trainer: Any) -> Tensor:
         >>> unscaled_loss(torch.tensor(2.0), object())  # no precision plugin with a scaler: unchanged
         tensor(2.)
     """
-    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
-    scale = getattr(scaler, "_scale", None) if scaler is not None else None
+    scale = getattr(grad_scaler(trainer), "_scale", None)
     return loss if scale is None else loss / scale.to(loss.device)
 
 

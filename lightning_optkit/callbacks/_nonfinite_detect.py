@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .._internal.ranks import device_sum, world_size
 from .._internal.tensors import first_nonfinite
-from ._grad_stats import param_names, unscaled_loss
+from ._grad_stats import grad_scaler, param_names, unscaled_loss
 
 __all__ = [
     "BAD", "GNORM", "GRAD_BAD", "LOSS", "MEDIAN", "N_COLUMNS", "SPIKE",
@@ -39,7 +39,7 @@ def loss_and_grad_flag(trainer: Any, loss_acc: Tensor | None, gnorm: Tensor, dev
     """
     loss = loss_acc if loss_acc is not None else torch.zeros((), device=device)
     loss = unscaled_loss(loss.to(device), trainer)  # on_before_backward saw the scaled loss
-    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    scaler = grad_scaler(trainer)
     grad_bad = ~torch.isfinite(gnorm)
     if scaler is not None:
         grad_bad = torch.zeros_like(grad_bad)  # the GradScaler skips these steps and rescales

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from .._internal.optimizers import optimizer_params, unwrap_optimizer
+from ._grad_stats import grad_scaler
 from ._nonfinite_snapshot import BufferGuard
 
 __all__ = ["apply_skip", "check_interval", "choose_skip_mode", "install_found_inf_hooks"]
@@ -26,7 +27,7 @@ _OWNER = "NonFiniteGuard"
 
 def choose_skip_mode(trainer: Any, device: torch.device | None, detect_spikes: bool) -> str:
     """``"found_inf"``, ``"scaler"`` or ``"host"`` (warning once when the host read is a device sync)."""
-    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    scaler = grad_scaler(trainer)
     if scaler is None and all(getattr(unwrap_optimizer(o), "_step_supports_amp_scaling", False)
                               for o in trainer.optimizers):
         return "found_inf"
