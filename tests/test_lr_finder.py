@@ -250,7 +250,7 @@ def test_a_rerun_after_two_epochs_gives_a_full_curve_and_applies_in_place(tmp_pa
 
 
 def test_gradient_accumulation_takes_one_lr_per_optimizer_step(tmp_path):
-    probe = Probe(RangeTestSettings(num_steps=10, min_lr=1e-4, max_lr=1e-1), epoch=0)
+    probe = Probe(RangeTestSettings(num_steps=10, min_lr=1e-4, max_lr=1e-1, val_batches=0), epoch=0)
 
     class Counting(Probe):
         def on_train_epoch_start(self, trainer, pl_module):

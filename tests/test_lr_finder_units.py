@@ -111,6 +111,7 @@ def test_flat_curves_are_flagged():
         ({"mode": "exponentail"}, "mode", "Did you mean 'exponential'"),
         ({"rule": "stepest"}, "rule", "Did you mean 'steepest'"),
         ({"val_batches": -1}, "val_batches", ">= 0"),
+        ({"val_batches": "two"}, "val_batches", "auto"),
         ({"divergence_threshold": 1.0}, "divergence_threshold", "> 1"),
         ({"beta": 1.0}, "beta", "[0, 1)"),
         ({"snapshot": "ram"}, "snapshot", "memory, disk"),

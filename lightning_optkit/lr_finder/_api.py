@@ -55,7 +55,7 @@ def find_lr(
     trainer: L.Trainer | None = None,
     min_lr: float = 1e-7, max_lr: float = 10.0, num_steps: int = 100, mode: str = "exponential",
     rule: str = DEFAULT_RULE,
-    val_batches: int = 0,
+    val_batches: int | str = "auto",
     divergence_threshold: float | None = 4.0,
     beta: float = 0.98,
     schedule_aware: bool = True,
@@ -84,9 +84,10 @@ def find_lr(
             exponentially or linearly spaced).
         rule: the rule of :attr:`LRFinderResult.suggestion` (``"guarded"``, the default, ``"steepest"``,
             ``"valley"``, ``"minimum"``, ``"median"``).
-        val_batches: held-out batches whose loss is measured after every step (0: none); the rules then read the
-            held-out curve (validation-aware mode: sees overfitting; misleads with BatchNorm, whose eval-mode
-            statistics lag the sweep).
+        val_batches: held-out batches whose loss is measured after every step; the rules then read the
+            held-out curve (validation-aware mode: sees overfitting; BatchNorm layers use the probe batch's
+            statistics). ``"auto"`` (default): 2 when the run has validation data and automatic
+            optimization, else 0 (training loss only); 0 turns it off.
         divergence_threshold: stop once the smoothed loss exceeds this multiple of its best.
         beta: smoothing of the bias-corrected moving average.
         schedule_aware: apply the schedule's peak rule to ``recommended_lr``.

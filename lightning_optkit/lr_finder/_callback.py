@@ -66,7 +66,8 @@ class LRFinder(Callback):
     Args:
         min_lr, max_lr, num_steps, mode: the sweep.
         rule: the suggestion rule (default chosen by the quality benchmark; see the README).
-        val_batches: held-out batches whose loss is recorded after every step (0: none).
+        val_batches: held-out batches whose loss is recorded after every step and read by the rules;
+            ``"auto"`` (default): 2 when the run has validation data, else 0 (see :func:`find_lr`).
         divergence_threshold: stop once the smoothed loss exceeds this multiple of its best.
         beta: smoothing of the bias-corrected moving average.
         epochs: epochs at whose start to run (0: at the start of training).
@@ -101,7 +102,7 @@ class LRFinder(Callback):
         num_steps: int = 100,
         mode: str = "exponential",
         rule: str = DEFAULT_RULE,
-        val_batches: int = 0,
+        val_batches: int | str = "auto",
         divergence_threshold: float | None = 4.0,
         beta: float = 0.98,
         epochs: Iterable[int] | int = (0,),

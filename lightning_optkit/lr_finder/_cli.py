@@ -22,6 +22,7 @@ from typing import Any
 
 from .._internal.cli_args import import_class, json_object, positive_float, positive_int
 from .._internal.imports import instantiate_objects
+from .._internal.plots import quiet_font_fallbacks
 from ..config import ConfigError, load_config, parse_overrides
 from ._rules import DEFAULT_RULE, RULES
 
@@ -69,8 +70,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("exponential", "linear"), default="exponential", help="LR spacing")
     p.add_argument("--rule", choices=sorted(RULES), default=DEFAULT_RULE,
                    help=f"suggestion rule (default: {DEFAULT_RULE})")
-    p.add_argument("--val-batches", type=int, default=0, metavar="N",
-                   help="held-out batches whose loss is measured after each step (default 0)")
+    p.add_argument("--val-batches", default="auto", metavar="N",
+                   help="held-out batches whose loss is measured after each step and read by the rules; "
+                        "'auto' (default): 2 when there is validation data, else 0")
     p.add_argument("--max-epochs", type=positive_int, default=None, metavar="N",
                    help="epochs of the real run, which sets the schedule's length (default: the example's, else 10)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
@@ -192,20 +194,49 @@ def _save_png(fig: Any, out: Path) -> None:
         os.close(dir_fd)
 
 
+def _draw(result: Any, name: str, args: argparse.Namespace) -> None:
+    """Write the plot (PNG) and, with ``--log-dir``, the figure and the summary to TensorBoard."""
+    fig = result.plot()
+    fig.suptitle(f"{name}: {result.schedule} schedule", fontsize=9)
+    out = Path(args.out)
+    _save_png(fig, out)
+    print(f"plot: {out}")
+    if args.log_dir:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        logger = TensorBoardLogger(save_dir=args.log_dir, name=f"lr_find-{name}", default_hp_metric=False)
+        logger.experiment.add_figure("lr_find", fig, global_step=0, close=False)
+        logger.experiment.add_text("lr_find/summary", "    " + result.summary().replace("\n", "\n    "), 0)
+        logger.finalize("success")
+        print(f"tensorboard: {logger.log_dir}")
+
+
+def _val_batches(text: str) -> int | str:
+    """``--val-batches``: ``"auto"`` or a whole number >= 0."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError("--val-batches", text, 'a whole number >= 0 or "auto"')
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``optkit lr-find``; returns the exit status (0 when a suggestion was found, 1 otherwise)."""
     import lightning as L
 
     from ._api import find_lr
 
-    if args.val_batches < 0:
-        raise ConfigError("--val-batches", args.val_batches, "a whole number >= 0")
+    val_batches = _val_batches(args.val_batches)
     L.seed_everything(args.seed, workers=True, verbose=False)
     model, data, name, max_epochs, extra = _build(args)
     accelerator = args.accelerator or extra.pop("accelerator", None) or ("cpu" if args.example else "auto")
     result = find_lr(
         model, datamodule=data, min_lr=args.min_lr, max_lr=args.max_lr, num_steps=args.num_steps, mode=args.mode,
-        rule=args.rule, val_batches=args.val_batches,
+        rule=args.rule, val_batches=val_batches,
         trainer_kwargs={"deterministic": True, **extra, "accelerator": accelerator, "max_epochs": max_epochs},
     )
     print(result.summary())
@@ -220,17 +251,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"interval for {result.reference} ({result.schedule} peak): {peak[0]:.3g} .. {peak[1]:.3g}")
     elif result.advice:
         print(f"no suggestion ({result.status}): {result.advice}")
-    fig = result.plot()
-    fig.suptitle(f"{name}: {result.schedule} schedule", fontsize=9)
-    out = Path(args.out)
-    _save_png(fig, out)
-    print(f"plot: {out}")
-    if args.log_dir:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        logger = TensorBoardLogger(save_dir=args.log_dir, name=f"lr_find-{name}", default_hp_metric=False)
-        logger.experiment.add_figure("lr_find", fig, global_step=0, close=False)
-        logger.experiment.add_text("lr_find/summary", "    " + result.summary().replace("\n", "\n    "), 0)
-        logger.finalize("success")
-        print(f"tensorboard: {logger.log_dir}")
+    with quiet_font_fallbacks():
+        _draw(result, name, args)
     return 0 if result.recommended_lr is not None else 1

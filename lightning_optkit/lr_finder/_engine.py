@@ -37,6 +37,7 @@ from .._internal.ranks import device_mean
 from .._internal.training import accumulation_at
 from ..config import ConfigError
 from ._apply import LRPlan, lr_plan, schedule_profile
+from ._data import BatchStream, flatten, held_out_loaders, probe_mode, training_loaders
 from ._result import LRFinderResult
 from ._rules import Curve, noise_level, rules_curve, schedule_peak, suggest_all
 from ._settings import RangeTestSettings, sweep_lrs
@@ -90,76 +91,6 @@ def _check_module(module: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Data
-
-
-def _train_loaders(trainer: Any) -> Any:
-    if trainer.train_dataloader is None:
-        trainer.fit_loop.setup_data()
-    loaders = trainer.train_dataloader
-    if loaders is None:
-        raise ConfigError("train_dataloaders", None, "training data (train_dataloaders, a datamodule or the "
-                          "module's train_dataloader()) with at least one batch",
-                          hint="check Trainer(limit_train_batches=...) is not 0")
-    return loaders
-
-
-def _val_loaders(trainer: Any) -> Any:
-    loop = trainer.fit_loop.epoch_loop.val_loop
-    if not trainer.enable_validation:
-        raise ConfigError("val_batches", None, "validation data to measure the held-out loss on",
-                          hint="give val_dataloaders (or a datamodule with val_dataloader()) and a validation_step, "
-                               "check limit_val_batches, or set val_batches=0")
-    if trainer.val_dataloaders is None:
-        state = trainer.state.stage
-        trainer.validating = True
-        try:
-            loop.setup_data()
-        finally:
-            trainer.state.stage = state
-    loaders = trainer.val_dataloaders
-    if loaders is None:
-        raise ConfigError("val_batches", None, "validation data to measure the held-out loss on",
-                          hint="give val_dataloaders (or a datamodule with val_dataloader()), or set val_batches=0")
-    return loaders
-
-
-def _flatten(loaders: Any) -> list[Any]:
-    from lightning.pytorch.utilities import CombinedLoader
-
-    if isinstance(loaders, CombinedLoader):
-        return list(loaders.flattened)
-    return list(CombinedLoader(loaders, "max_size_cycle").flattened)
-
-
-class _BatchStream:
-    """Endless batches from the trainer's training loader(s), restarting after ``limit`` batches."""
-
-    def __init__(self, loaders: Any, limit: float) -> None:
-        from lightning.pytorch.utilities import CombinedLoader
-
-        self.loader = CombinedLoader(loaders, "max_size_cycle")
-        self.limit = int(limit) if math.isfinite(limit) and limit > 0 else None
-        self.iterator: Iterator[Any] | None = None
-        self.count = 0
-
-    def next(self) -> tuple[Any, int]:
-        for _attempt in range(2):
-            if self.iterator is None or (self.limit is not None and self.count >= self.limit):
-                self.iterator = iter(self.loader)
-                self.count = 0
-            try:
-                batch, _idx, _dl = next(self.iterator)
-            except StopIteration:
-                self.iterator = None
-                continue
-            idx = self.count
-            self.count += 1
-            return batch, idx
-        raise ConfigError("train_dataloaders", None, "a training loader that yields at least one batch")
-
-
-# --------------------------------------------------------------------------------------------------
 # Isolation of the trainer while the test runs
 
 
@@ -205,17 +136,6 @@ def _isolated(trainer: Any, module: Any, loaders: list[Any]) -> Iterator[None]:
             dl._iterator = it
 
 
-@contextlib.contextmanager
-def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
 def _loss_of(output: Any, manual: bool) -> torch.Tensor | None:
     if output is None:
         return None
@@ -244,6 +164,7 @@ class _Sweep:
     def __init__(self, trainer: Any, module: Any, index: int, plan: LRPlan, settings: RangeTestSettings) -> None:
         self.trainer = trainer
         self.module = module
+        self._batch_stats = True  # BatchNorm uses the probe batch's statistics (see probe_mode)
         self.strategy = trainer.strategy
         self.optimizer = trainer.optimizers[index]
         self.plan = plan
@@ -266,7 +187,7 @@ class _Sweep:
     def _to_device(self, batch: Any) -> Any:
         return self.strategy.batch_to_device(batch, dataloader_idx=0)
 
-    def _automatic_step(self, stream: _BatchStream, accumulate: int) -> torch.Tensor | None:
+    def _automatic_step(self, stream: BatchStream, accumulate: int) -> torch.Tensor | None:
         losses: list[torch.Tensor] = []
 
         def closure() -> torch.Tensor | None:
@@ -286,7 +207,7 @@ class _Sweep:
         self.strategy.optimizer_step(self.optimizer, closure, model=self.module)
         return torch.stack(losses).mean() if losses else None
 
-    def _manual_step(self, stream: _BatchStream) -> torch.Tensor | None:
+    def _manual_step(self, stream: BatchStream) -> torch.Tensor | None:
         batch, batch_idx = stream.next()
         loss = _loss_of(self._training_step(self._to_device(batch), batch_idx), manual=True)
         if loss is None:
@@ -296,9 +217,18 @@ class _Sweep:
         return loss.detach().float()
 
     def _held_out_loss(self, batches: list[tuple[Any, int]]) -> torch.Tensor:
+        try:
+            return self._probe(batches, self._batch_stats)
+        except ValueError:  # e.g. BatchNorm's "Expected more than 1 value per channel" on a 1-sample batch
+            if not self._batch_stats:
+                raise
+            self._batch_stats = False
+            return self._probe(batches, False)
+
+    def _probe(self, batches: list[tuple[Any, int]], batch_stats: bool) -> torch.Tensor:
         precision = self.strategy.precision_plugin
         values = []
-        with _eval_mode(self.module), torch.no_grad(), precision.val_step_context():
+        with probe_mode(self.module, batch_stats), torch.no_grad(), precision.val_step_context():
             for batch, idx in batches:
                 self.module._current_fx_name = "training_step"
                 loss = _loss_of(self.module.training_step(batch, idx), manual=self.manual)
@@ -315,14 +245,27 @@ class _Sweep:
             value = device_mean(self.trainer, value.to(self.strategy.root_device))
         return float(value)
 
-    def run(self, train_loaders: Any, val_loaders: Any) -> _Record:
+    def _first_held_out(self, val_loaders: Any, count: int) -> list[tuple[Any, int]]:
+        """The held-out batches, probed once before the sweep in ``"auto"`` mode: when ``training_step``
+        cannot take a validation batch (another batch layout), the test reads the training loss and warns."""
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        val_stream = BatchStream(flatten(val_loaders)[0], float("inf"))
+        held_out = [(self._to_device(b), i) for b, i in (val_stream.next() for _ in range(count))]
+        if self.settings.val_batches == "auto":
+            try:
+                self._held_out_loss(held_out)
+            except Exception as err:  # any failure of the user's step turns the probes off
+                rank_zero_warn(f"LR range test: reading the training loss only; training_step failed on a "
+                               f"validation batch ({type(err).__name__}: {err}). Set val_batches=0 to silence this.")
+                return []
+        return held_out
+
+    def run(self, train_loaders: Any, val_loaders: Any, val_count: int) -> _Record:
         settings = self.settings
         limit = self.trainer.num_training_batches
-        stream = _BatchStream(train_loaders, limit if isinstance(limit, (int, float)) else float("inf"))
-        held_out: list[tuple[Any, int]] = []
-        if val_loaders is not None:
-            val_stream = _BatchStream(_flatten(val_loaders)[0], float("inf"))
-            held_out = [(self._to_device(b), i) for b, i in (val_stream.next() for _ in range(settings.val_batches))]
+        stream = BatchStream(train_loaders, limit if isinstance(limit, (int, float)) else float("inf"))
+        held_out = self._first_held_out(val_loaders, val_count) if val_loaders is not None and val_count else []
         accumulate = 1 if self.manual else accumulation_at(self.trainer, self.trainer.current_epoch)
         lrs: list[float] = []
         losses: list[float] = []
@@ -382,10 +325,10 @@ def run_range_test(trainer: Any, settings: RangeTestSettings) -> LRFinderResult:
     index = _target(trainer, settings)
     optimizer = trainer.optimizers[index]
     plan = lr_plan(module, optimizer, index)
-    train_loaders = _train_loaders(trainer)
-    flat_train = _flatten(train_loaders)
-    val_loaders = _val_loaders(trainer) if settings.val_batches > 0 else None
-    flat_val = _flatten(val_loaders) if val_loaders is not None else []
+    train_loaders = training_loaders(trainer)
+    flat_train = flatten(train_loaders)
+    val_loaders, val_count = held_out_loaders(trainer, settings)
+    flat_val = flatten(val_loaders) if val_loaders is not None else []
     schedulers = [c.scheduler for c in trainer.lr_scheduler_configs]
     snapshot = TrainingSnapshot.take(
         module, trainer.optimizers, schedulers,
@@ -396,7 +339,7 @@ def run_range_test(trainer: Any, settings: RangeTestSettings) -> LRFinderResult:
     )
     try:
         with _isolated(trainer, module, [*flat_train, *flat_val]):
-            record = _Sweep(trainer, module, index, plan, settings).run(train_loaders, val_loaders)
+            record = _Sweep(trainer, module, index, plan, settings).run(train_loaders, val_loaders, val_count)
     finally:
         snapshot.restore()
     result = _result(trainer, optimizer, plan, settings, record)

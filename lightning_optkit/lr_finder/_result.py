@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ._rules import reads_held_out
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -154,7 +156,8 @@ class LRFinderResult:
               valley           0.01  <- default
         """
         lines = [f"LR range test: {self.num_steps} steps, {_fmt(self.lrs[0]) if self.lrs else '-'} to "
-                 f"{_fmt(self.lrs[-1]) if self.lrs else '-'} ({self.reference})"]
+                 f"{_fmt(self.lrs[-1]) if self.lrs else '-'} ({self.reference}), rules read the "
+                 + ("held-out loss" if reads_held_out(self.lrs, self.val_losses) else "training loss")]
         for name, value in self.suggestions.items():
             mark = "  <- default" if name == self.rule else ""
             lines.append(f"  {name:<14} {_fmt(value):>6}{mark}")

@@ -133,6 +133,17 @@ class Curve:
         return start + int(np.argmin(self.smoothed[start:end]))
 
 
+def reads_held_out(lrs: Sequence[float], val_losses: Sequence[float] | None) -> bool:
+    """True when the rules read the held-out curve: it was measured at every step and starts finite.
+
+    Example:
+        >>> reads_held_out([1e-3, 1e-2], [0.9, float("nan")]), reads_held_out([1e-3, 1e-2], None)
+        (True, False)
+    """
+    return val_losses is not None and len(val_losses) == len(lrs) and len(val_losses) > 0 \
+        and math.isfinite(val_losses[0])
+
+
 def rules_curve(lrs: Sequence[float], losses: Sequence[float], val_losses: Sequence[float] | None = None,
                 beta: float = 0.98, diverged_at: int | None = None) -> Curve:
     """The curve the rules read: the held-out loss when it was measured (validation-aware mode,
@@ -150,8 +161,8 @@ def rules_curve(lrs: Sequence[float], losses: Sequence[float], val_losses: Seque
         >>> rules_curve([1e-3, 1e-2, 1e-1], [1.0, 0.5, 0.4], [1.1, 0.9, 1.3]).losses.tolist()
         [1.1, 0.9, 1.3]
     """
-    if val_losses is not None and len(val_losses) == len(lrs) and len(val_losses) and math.isfinite(val_losses[0]):
-        return Curve.from_losses(lrs, val_losses, beta, diverged_at)
+    if reads_held_out(lrs, val_losses):
+        return Curve.from_losses(lrs, val_losses, beta, diverged_at)  # type: ignore[arg-type]
     return Curve.from_losses(lrs, losses, beta, diverged_at)
 
 

@@ -10,11 +10,15 @@ from .._internal.checks import in_interval
 from ..config import ConfigError, did_you_mean
 from ._rules import DEFAULT_RULE, check_rule
 
-__all__ = ["RangeTestSettings", "sweep_lrs"]
+__all__ = ["AUTO_VAL_BATCHES", "RangeTestSettings", "sweep_lrs"]
 
 _MODES = ("exponential", "linear")
 _SNAPSHOTS = ("memory", "disk")
 _MAX_STEPS = 10_000
+#: held-out batches per step of ``val_batches="auto"`` when the run has validation data (the number
+#: ``benchmarks/lr_finder_quality.py`` measures; each step costs ~30-45 % more on its tasks)
+AUTO_VAL_BATCHES = 2
+_VAL_EXPECTED = 'a whole number of held-out batches >= 0 (0: no held-out loss), or "auto"'
 
 
 def _number(path: str, value: Any, *, lo: float | None = None, lo_open: bool = True, integer: bool = False,
@@ -34,7 +38,8 @@ class RangeTestSettings:
         mode: ``"exponential"`` (evenly spaced in log-LR, the default) or ``"linear"``.
         rule: the suggestion rule whose LR is applied (see :data:`RULES`).
         val_batches: held-out batches (from the validation loader) whose loss is measured after every
-            step, for Smith's look at the validation loss; 0 to skip.
+            step, for Smith's look at the validation loss; 0 to skip; ``"auto"`` (the default):
+            :data:`AUTO_VAL_BATCHES` when the run has validation data and automatic optimization, else 0.
         divergence_threshold: stop when the smoothed loss exceeds ``threshold x`` its best value
             (``None`` to never stop before ``max_lr``; a non-finite loss always stops).
         beta: smoothing factor of the bias-corrected moving average (0 = no smoothing).
@@ -58,7 +63,7 @@ class RangeTestSettings:
     num_steps: int = 100
     mode: str = "exponential"
     rule: str = DEFAULT_RULE
-    val_batches: int = 0
+    val_batches: int | str = "auto"
     divergence_threshold: float | None = 4.0
     beta: float = 0.98
     schedule_aware: bool = True
@@ -80,9 +85,11 @@ class RangeTestSettings:
             raise ConfigError("mode", self.mode, "one of " + ", ".join(_MODES), suggestions=did_you_mean(self.mode, _MODES))
         object.__setattr__(self, "mode", mode)
         object.__setattr__(self, "rule", check_rule(self.rule))
-        _number("val_batches", self.val_batches, lo=0, lo_open=False, integer=True,
-                expected="a whole number of held-out batches >= 0 (0: no held-out loss)")
-        object.__setattr__(self, "val_batches", int(self.val_batches))
+        if isinstance(self.val_batches, str) and self.val_batches.lower() == "auto":
+            object.__setattr__(self, "val_batches", "auto")
+        else:
+            _number("val_batches", self.val_batches, lo=0, lo_open=False, integer=True, expected=_VAL_EXPECTED)
+            object.__setattr__(self, "val_batches", int(self.val_batches))
         if self.divergence_threshold is not None:
             _number("divergence_threshold", self.divergence_threshold, lo=1.0,
                     expected="a finite number > 1 (stop when the loss exceeds threshold x its best), or None")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import inspect
 import io
-import logging
 import math
 import sys
 import time
@@ -19,6 +18,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from .._internal.io import atomic_write_bytes
+from .._internal.plots import quiet_font_fallbacks
 from ._reeval import ReevalReport, reeval_report
 from ._refit import run_block
 from ._runner import TrialPlan
@@ -219,15 +219,8 @@ def write_plots(study: optuna.Study, plan: TrialPlan, out_dir: Path) -> tuple[li
         plots.append(("intermediate_values", ovm.plot_intermediate_values, {}))
     import matplotlib.pyplot as plt
 
-    # Optuna's plots ask for math fonts a minimal install lacks; matplotlib falls back to DejaVu Sans and
-    # says so once per glyph family ("findfont: ... not found"), which is noise in a user's terminal
-    fonts = logging.getLogger("matplotlib.font_manager")
-    level = fonts.level
-    fonts.setLevel(logging.ERROR)
-    try:
+    with quiet_font_fallbacks():  # Optuna's plots ask for math fonts a minimal install lacks
         return _render(plots, study, out_dir, plt)
-    finally:
-        fonts.setLevel(level)
 
 
 def _render(plots: list[tuple[str, Any, dict[str, Any]]], study: optuna.Study, out_dir: Path, plt: Any
