@@ -71,6 +71,11 @@ import _lr_tasks
 from _lr_tasks import TASKS, Task
 from _lr_tasks_fresh import FRESH_TASKS
 
+try:
+    from _lr_tasks_fresh2 import FRESH2_TASKS
+except ImportError:  # being written blind
+    FRESH2_TASKS = []
+
 from lightning_optkit import OptimMixin, build_optimizers, load_config
 from lightning_optkit.config import TrainingLength
 from lightning_optkit.lr_finder import _data, _engine, find_lr
@@ -454,8 +459,10 @@ def _constants(**values: float) -> Any:
 
 def _tune_guarded(cache: dict[str, Any], dev: list[str], log: Callable[[str], None],
                   source: str = DEFAULT_SOURCE) -> tuple[float, float, float]:
-    """``guarded``'s margin, rise and steepest divisor: most dev tasks within 0.1, then lowest mean regret; the
-    constants in ``_rules.py`` stay unless the best beats them by 0.01 mean regret with no fewer tasks within."""
+    """``guarded``'s margin, rise and steepest divisor, scored on the LR ``find_lr`` recommends (a schedule's
+    peak by the current exponents): most tasks within 0.1, then lowest mean regret, then the fewest constants
+    changed, then the largest margin (the safest of equals); the constants in ``_rules.py`` stay unless the
+    best has more tasks within 0.1, or beats them by 0.01 mean regret with no fewer."""
     from lightning_optkit.lr_finder import _rules
 
     current = (_rules.MARGIN, _rules.RISE, _rules.STEEPEST_DIVISOR)
@@ -463,10 +470,10 @@ def _tune_guarded(cache: dict[str, Any], dev: list[str], log: Callable[[str], No
     for margin in (2.0, 3.0, 4.0, 6.0, 8.0, 12.0):
         for rise in (0.05, 0.1, 0.25, 0.5):
             for div in (1.0, 2.0, 3.0, 4.0):
-                s = summary(score(cache, dev, _constant(optkit_pick("guarded", source, margin=margin, rise=rise,
-                                                                    steepest_divisor=div))))
+                s = summary(score(cache, dev, optkit_pick("guarded", source, margin=margin, rise=rise,
+                                                          steepest_divisor=div)))
                 trials[(margin, rise, div)] = (-s["within"], round(s["mean"], 3))
-    ranked = sorted(trials, key=lambda k: trials[k])
+    ranked = sorted(trials, key=lambda k: (trials[k], sum(a != b for a, b in zip(k, current)), -k[0], k[1], k[2]))
     for k in [*ranked[:8], current]:
         log(f"  tune margin {k[0]:>4} rise {k[1]:<4} steepest/{k[2]:.0f}: mean {trials[k][1]:.3f}, "
             f"within {-trials[k][0]}/{len(dev)}" + (" (current)" if k == current else ""))
@@ -487,11 +494,11 @@ def _tune_noise(cache: dict[str, Any], dev: list[str], kw: dict[str, float], log
     for z in (0.0, 3.0, 4.0, 5.0, 6.0, 8.0):
         for dec in (math.inf, 0.75, 1.0, 1.5, 2.0):
             with _constants(RISE_NOISE_Z=z, AGREEMENT_DECADES=dec):
-                s = summary(score(cache, dev, _constant(optkit_pick("guarded", **kw))))
+                s = summary(score(cache, dev, optkit_pick("guarded", **kw)))
             trials[(z, dec)] = (-s["within"], round(s["mean"], 3))
             log(f"  tune rise noise z {z:<3} agreement {dec:<4} decades: mean {s['mean']:.3f}, within {s['within']}/{len(dev)}")
     with _constants(RISE_NOISE_Z=current[0], AGREEMENT_DECADES=current[1]):
-        s = summary(score(cache, dev, _constant(optkit_pick("guarded", **kw))))
+        s = summary(score(cache, dev, optkit_pick("guarded", **kw)))
     base = (-s["within"], round(s["mean"], 3))
     better = [k for k in trials if trials[k][1] <= base[1] - 0.01 and trials[k][0] <= base[0]]
     if not better:
@@ -505,41 +512,44 @@ def _tune_noise(cache: dict[str, Any], dev: list[str], kw: dict[str, float], log
 
 def _tune_exponents(cache: dict[str, Any], dev: list[str], kw: dict[str, float],
                     log: Callable[[str], None]) -> dict[str, float]:
-    """Each schedule's peak exponent (0, 0.5, 1): leaving the mean-LR rule (1) needs a gain of 0.01 on the
-    mean regret of the whole development half (the bar every change has), not just of the schedule's few
-    tasks. A schedule with no development task keeps ``_rules.PEAK_EXPONENT``."""
+    """Each schedule's peak exponent (0, 0.5, 1): leaving the current one (``_rules.PEAK_EXPONENT``, 1 when the
+    kind is not listed) needs a gain of 0.01 on the mean regret of all the tasks tuned on (the bar every change
+    has), not just of the schedule's few tasks. A schedule with no task keeps its current exponent."""
+    from lightning_optkit.lr_finder import _rules
+
     exponents: dict[str, float] = {}
     for kind in sorted({cache["curves"][n]["optkit"][0]["schedule"] for n in dev} - {"constant"}):
         names = [n for n in dev if cache["curves"][n]["optkit"][0]["schedule"] == kind]
         peaks = {a: summary(score(cache, names, optkit_pick("guarded", **kw, exponents={kind: a})))["mean"]
                  for a in (0.0, 0.5, 1.0)}
         share = len(names) / len(dev)
-        exponents[kind] = min(peaks, key=lambda a: (peaks[a] - peaks[1.0]) * share + (0.0 if a == 1.0 else 0.01))
+        now = _rules.PEAK_EXPONENT.get(kind, 1.0)
+        exponents[kind] = min(peaks, key=lambda a: (peaks[a] - peaks[now]) * share + (0.0 if a == now else 0.01))
         log(f"  peak exponent for {kind} ({len(names)} dev tasks): " +
             ", ".join(f"{a}: {m:.3f}" for a, m in peaks.items()) + f" -> {exponents[kind]}")
     return exponents
 
 
 def _tune_widen(cache: dict[str, Any], dev: list[str], log: Callable[[str], None], source: str = DEFAULT_SOURCE) -> float:
-    """``INTERVAL_WIDEN``: the smallest factor whose interval holds the best grid LR as often as any factor
-    tried (more width past that point only adds bad LRs to the interval); the current factor stays unless that
-    one holds it on at least 3 more range tests (one task's seeds)."""
+    """``INTERVAL_WIDEN``: the factor whose intervals score best, one point per range test whose interval holds
+    the best grid LR and one per range test whose every LR scores within 0.1 (width buys the first and costs the
+    second); the current factor stays unless another scores at least 3 points more (one task's seeds)."""
     from lightning_optkit.lr_finder import _verdict
 
     stats = {w: interval_stats(cache, dev, w, source) for w in (1.25, 1.5, 1.75, 2.0, 2.5, 3.0)}
     for w, st in stats.items():
         log(f"  interval widen {w}: holds the best {st['holds']}/{st['k']}, all within 0.1 {st['all_good']}/{st['k']}, "
             f"median width {st['width']:.2f} decades")
-    most = max(st["holds"] for st in stats.values())
-    chosen = min(w for w, st in stats.items() if st["holds"] == most)
-    current = interval_stats(cache, dev, _verdict.INTERVAL_WIDEN, source)["holds"]
-    return chosen if most >= current + 3 else _verdict.INTERVAL_WIDEN
+    points = {w: st["holds"] + st["all_good"] for w, st in stats.items()}
+    chosen = max(points, key=lambda w: (points[w], -w))
+    now = interval_stats(cache, dev, _verdict.INTERVAL_WIDEN, source)
+    return chosen if points[chosen] >= now["holds"] + now["all_good"] + 3 else _verdict.INTERVAL_WIDEN
 
 
 def tune(cache: dict[str, Any], dev: list[str], log: Callable[[str], None], source: str = DEFAULT_SOURCE) -> dict[str, Any]:
     """Choose ``guarded``'s margin, rise and steepest divisor, its noise floor and evidence agreement, then
-    each schedule's peak exponent and the interval's widening, on the development half only (scheduled
-    tasks score the constant suggestion in the first two steps)."""
+    each schedule's peak exponent and the interval's widening, on the tasks given (the first
+    :data:`CHOSEN_ON` groups), each scored on the LR ``find_lr`` recommends."""
     margin, rise, div = _tune_guarded(cache, dev, log, source)
     kw: dict[str, Any] = {"margin": margin, "rise": rise, "steepest_divisor": div, "source": source}
     noise = _tune_noise(cache, dev, kw, log)
@@ -550,15 +560,6 @@ def tune(cache: dict[str, Any], dev: list[str], log: Callable[[str], None], sour
     return {**kw, **noise, "exponents": exponents, "INTERVAL_WIDEN": widen}
 
 
-def _constant(pick: Callable[[dict[str, Any], int], float | None]) -> Callable[[dict[str, Any], int], float | None]:
-    """``pick`` with every task read as constant-LR (the suggestion itself, no schedule peak)."""
-    def constant(entry: dict[str, Any], seed: int) -> float | None:
-        flat = {src: [{**c, "schedule": "constant", "factor": 1.0} for c in entry[src]] for src in ("optkit", DEFAULT_SOURCE)}
-        return pick({**entry, **flat}, seed)
-
-    return constant
-
-
 def _row(label: str, groups: list[dict[str, float]]) -> str:
     def cells(s: dict[str, float]) -> str:
         return (f"{s['mean']:>6.3f} {s['median']:>6.3f} {s['worst']:>6.3f} {str(s['within']) + '/' + str(s['n']):>6} "
@@ -566,21 +567,26 @@ def _row(label: str, groups: list[dict[str, float]]) -> str:
     return f"| {label:<22} | " + " | ".join(cells(g) for g in groups) + " |"
 
 
-GROUPS = ("development", "held-out (seen)", "fresh held-out")
+GROUPS = ("dev half", "held-out half", "fresh 1", "fresh 2 (blind)")
+#: the groups the rule and its constants are chosen on (round 2: the dev half, the held-out half and the
+#: first fresh set, all looked at by then); the last group is the held-out test
+CHOSEN_ON = 3
 
 
 def report(cache: dict[str, Any], groups: list[list[str]]) -> str:
-    """The rule table per group (dev, the seen held-out half, the fresh held-out tasks), per-task regrets,
+    """The rule table per group (:data:`GROUPS`) and on the pooled groups the rule was chosen on, per-task regrets,
     the cost of validation-aware tests, the comparison with fastai's valley and the interval's honesty."""
     cands = candidates()
     per = {c: [score(cache, names, f) for names in groups] for c, f in cands.items()}
     head = "mean    med  worst  <=0.1 spread"
     lines = ["regret (0 = best grid LR, 1 = no better than LR 1e-5), mean over 3 range-test seeds; spread = decades "
              "between the 3 seeds' LRs; guarded_train = the default rule on the training loss (val_batches=0)",
-             f"| {'rule':<22} | " + " | ".join(f"{g}: {head}" for g in GROUPS[:len(groups)]) + " |"]
+             f"| {'rule':<22} | " + " | ".join(f"{g}: {head}" for g in GROUPS[:len(groups)]) +
+             f" | chosen on (first {CHOSEN_ON}): {head} |"]
     for c, scores in per.items():
         label = c + (" (default)" if c == _default() else " (before)" if c == PREVIOUS_DEFAULT else "")
-        lines.append(_row(label, [summary(sc) for sc in scores]))
+        pooled = {k: v for sc in scores[:CHOSEN_ON] for k, v in sc.items()}
+        lines.append(_row(label, [*(summary(sc) for sc in scores), summary(pooled)]))
     for idx in reversed(range(len(groups))):
         lines += ["", f"per task ({GROUPS[idx]}): regret of each rule; oracle's best grid LR"]
         lines.append(f"{'task':<30}{'best':>9}" + "".join(f"{c[:13]:>14}" for c in cands))
@@ -593,7 +599,7 @@ def report(cache: dict[str, Any], groups: list[list[str]]) -> str:
     lines += ["", f"cost of one range test (mean over tasks and seeds): {seconds['optkit']:.2f}s training loss only, "
                   f"{seconds['optkit_val']:.2f}s with {VAL_BATCHES} held-out batches per step (the default with validation data)"]
     d, v = _default(), "fastai_valley"
-    for idx in range(1, len(groups)):
+    for idx in range(len(groups)):
         worse = [n for n in groups[idx] if per[d][idx][n]["regret"] > per[v][idx][n]["regret"] + 0.05]
         lines.append(f"{GROUPS[idx]}: tasks where '{d}' is worse than fastai's valley by > 0.05: {worse or 'none'}")
     lines += [f"{g}: {intervals(cache, names)}" for g, names in zip(GROUPS, groups)]
@@ -680,8 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refresh", action="store_true", help="rebuild the cached oracle grids and curves")
     parser.add_argument("--build-only", action="store_true", help="fill the cache and stop")
     parser.add_argument("--tune", action="store_true", help="also re-choose guarded's constants on the dev half")
-    parser.add_argument("--no-fresh", action="store_true",
-                        help="leave the fresh held-out tasks out (build and report): while rules are developed")
+    parser.add_argument("--no-blind", action="store_true",
+                        help="leave the blind group (the last of GROUPS) out of build and report: while rules are chosen")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the per-task scores as JSON")
     args = parser.parse_args(argv)
     _quiet()
@@ -690,11 +696,12 @@ def main(argv: list[str] | None = None) -> int:
         print(text, file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    fresh_tasks = [] if args.no_fresh else FRESH_TASKS
-    cache = build([*TASKS, *fresh_tasks], args.refresh, log)
+    blind = [] if args.no_blind else FRESH2_TASKS
+    cache = build([*TASKS, *FRESH_TASKS, *blind], args.refresh, log)
     if args.build_only:
         return 0
     dev, held = split(TASKS)
+    fresh, fresh2 = sorted(t.name for t in FRESH_TASKS), sorted(t.name for t in blind)
     if args.tune:
         from lightning_optkit.lr_finder import _rules, _verdict
 
@@ -702,20 +709,19 @@ def main(argv: list[str] | None = None) -> int:
                    "RISE_NOISE_Z": _rules.RISE_NOISE_Z, "AGREEMENT_DECADES": _rules.AGREEMENT_DECADES,
                    "INTERVAL_WIDEN": _verdict.INTERVAL_WIDEN}
         for source, what in ((DEFAULT_SOURCE, "held-out loss, the default"), ("optkit", "training loss, val_batches=0")):
-            chosen = tune(cache, dev, log, source)
+            chosen = tune(cache, [*dev, *held, *fresh], log, source)
             same = all(current[k] == chosen[k] for k in current) and \
                 all(_rules.PEAK_EXPONENT.get(k, 1.0) == v for k, v in chosen["exponents"].items())
-            print(f"tuning on the development half ({what}): {chosen} "
+            print(f"tuning on the first {CHOSEN_ON} groups ({what}): {chosen} "
                   f"({'= the constants in _rules.py' if same else 'DIFFERS from _rules.py ' + repr(current)})")
-    fresh = sorted(t.name for t in fresh_tasks)
     print(f"development half ({len(dev)}): {', '.join(dev)}\nheld-out half ({len(held)}): {', '.join(held)}\n"
-          f"fresh held-out ({len(fresh)}): {', '.join(fresh)}\n")
-    print(report(cache, [dev, held, fresh] if fresh else [dev, held]))
-    print(f"\n{len(TASKS) + len(fresh)} tasks, {len(GRID)} grid LRs x {len(SEEDS)} seeds, range tests x {len(SEEDS)} seeds; "
+          f"fresh 1 ({len(fresh)}): {', '.join(fresh)}\nfresh 2 ({len(fresh2)}): {', '.join(fresh2)}\n")
+    print(report(cache, [dev, held, fresh, fresh2] if fresh2 else [dev, held, fresh]))
+    print(f"\n{len(TASKS) + len(fresh) + len(fresh2)} tasks, {len(GRID)} grid LRs x {len(SEEDS)} seeds, range tests x {len(SEEDS)} seeds; "
           f"{time.perf_counter() - start:.0f}s (cached parts reused; torch threads: 1)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({c: score(cache, [*dev, *held, *fresh], f) for c, f in candidates().items()}, fh, indent=1)
+            json.dump({c: score(cache, [*dev, *held, *fresh, *fresh2], f) for c, f in candidates().items()}, fh, indent=1)
     return 0
 
 
