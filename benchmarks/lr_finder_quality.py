@@ -509,9 +509,11 @@ def _tune_noise(cache: dict[str, Any], dev: list[str], kw: dict[str, float], log
                 s = summary(score(cache, dev, optkit_pick("guarded", **kw)))
             trials[(z, dec)] = (-s["within"], round(s["mean"], 3))
             log(f"  tune rise noise z {z:<3} agreement {dec:<4} decades: mean {s['mean']:.3f}, within {s['within']}/{len(dev)}")
-    with _constants(RISE_NOISE_Z=current[0], AGREEMENT_DECADES=current[1]):
-        s = summary(score(cache, dev, optkit_pick("guarded", **kw)))
-    base = (-s["within"], round(s["mean"], 3))
+    base = trials.get(current)
+    if base is None:  # the current pair is off the grid
+        with _constants(RISE_NOISE_Z=current[0], AGREEMENT_DECADES=current[1]):
+            s = summary(score(cache, dev, optkit_pick("guarded", **kw)))
+        base = (-s["within"], round(s["mean"], 3))
     better = [k for k in trials if trials[k][1] <= base[1] - 0.01 and trials[k][0] <= base[0]]
     if not better:
         return {"RISE_NOISE_Z": current[0], "AGREEMENT_DECADES": current[1]}
@@ -554,7 +556,7 @@ def _tune_widen(cache: dict[str, Any], dev: list[str], log: Callable[[str], None
             f"median width {st['width']:.2f} decades")
     points = {w: st["holds"] + st["all_good"] for w, st in stats.items()}
     chosen = max(points, key=lambda w: (points[w], -w))
-    now = interval_stats(cache, dev, _verdict.INTERVAL_WIDEN, source)
+    now = stats.get(_verdict.INTERVAL_WIDEN) or interval_stats(cache, dev, _verdict.INTERVAL_WIDEN, source)
     return chosen if points[chosen] >= now["holds"] + now["all_good"] + 3 else _verdict.INTERVAL_WIDEN
 
 

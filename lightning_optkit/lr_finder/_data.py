@@ -15,8 +15,6 @@ from ._settings import AUTO_VAL_BATCHES, RangeTestSettings
 __all__ = ["BatchStream", "flatten", "held_out_loaders", "probe_mode", "training_loaders"]
 
 
-
-
 def training_loaders(trainer: Any) -> Any:
     if trainer.train_dataloader is None:
         trainer.fit_loop.setup_data()
@@ -58,11 +56,11 @@ def held_out_loaders(trainer: Any, settings: RangeTestSettings) -> tuple[Any, in
     if settings.val_batches != "auto":
         count = int(settings.val_batches)
         return (_val_loaders(trainer), count) if count > 0 else (None, 0)
-    if not trainer.lightning_module.automatic_optimization or not trainer.enable_validation:
+    if not trainer.lightning_module.automatic_optimization:
         return None, 0
     try:
         return _val_loaders(trainer), AUTO_VAL_BATCHES
-    except ConfigError:
+    except ConfigError:  # validation disabled or no validation data
         return None, 0
 
 
